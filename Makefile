@@ -1,0 +1,61 @@
+# edge-llm: workstation -> board.  `make setup` once, then `make build deploy chat`.
+PY      ?= python3
+VENV    ?= .venv
+VPY     := $(VENV)/bin/python
+SHARED  ?= ../shared
+
+# build variables (override on the command line: make build MODEL=... QUANT=none)
+MODEL     ?= $(SHARED)/models/stories260K/stories260K.bin
+TOKENIZER ?= $(SHARED)/models/stories260K/tok512.bin
+CALIB     ?= $(SHARED)/data/tinystories-valid-part1.txt
+QUANT     ?= w8a8
+SMOOTH    ?=
+KV_LEN    ?= 256
+TARGET    ?= ort
+BUNDLE    ?= bundles/model
+SOC       ?= Ascend310B1
+BOARD     ?=
+PROMPT    ?= Once upon a time
+BOARD_OPT  = $(if $(BOARD),--board $(BOARD),)
+SMOOTH_OPT = $(if $(SMOOTH),--smooth $(SMOOTH),)
+
+.PHONY: setup test test-slow build om deploy chat generate bench status rollback doctor board-setup docker-build lint demo clean
+
+$(VENV)/.stamp: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q $(if $(WHEELHOUSE),--no-index --find-links $(WHEELHOUSE),) -e '.[host,board,deploy,dev]'
+	touch $@
+
+setup: $(VENV)/.stamp
+
+test: setup
+	$(VPY) -m pytest -q
+
+test-slow: setup
+	$(VPY) -m pytest -q -m slow -s
+
+build: setup
+	$(VPY) -m host build --model $(MODEL) $(if $(TOKENIZER),--tokenizer $(TOKENIZER),) --calib $(CALIB) \
+	    --quant $(QUANT) $(SMOOTH_OPT) --kv-len $(KV_LEN) --target $(TARGET) --out $(BUNDLE)
+
+om: setup
+	$(VPY) -m host compile --bundle $(BUNDLE) --soc $(SOC)
+
+deploy: setup
+	$(VENV)/bin/fab deploy --bundle $(BUNDLE) $(BOARD_OPT)
+
+chat: setup
+	$(VENV)/bin/fab chat $(BOARD_OPT)
+
+generate: setup
+	$(VENV)/bin/fab generate --prompt "$(PROMPT)" $(BOARD_OPT)
+
+bench status rollback doctor: setup
+	$(VENV)/bin/fab $@ $(BOARD_OPT)
+
+board-setup: setup
+	$(VENV)/bin/fab setup $(BOARD_OPT)
+
+clean:
+	rm -rf $(VENV) bundles .pytest_cache

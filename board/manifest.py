@@ -1,0 +1,232 @@
+"""The bundle manifest: the one contract between host (writes it) and board (reads it).
+
+A bundle is a directory holding `manifest.json` plus the files it lists (see DESIGN.md §2).
+This module defines the manifest's typed form, reads and validates it, checks every file's
+sha256, and writes it. It needs only the standard library, so the board can always import it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Version 1: first layout (DESIGN.md §2-§3): logits for every new position, KV [L,2,1,Hkv,KV,D].
+FORMAT_VERSION = 1
+SUPPORTED_FORMAT_VERSIONS = (1,)
+MANIFEST_NAME = "manifest.json"
+
+
+class BundleError(Exception):
+    """A bundle is missing, malformed or corrupt; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Arch:
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    intermediate_size: int
+    vocab_size: int
+    rope_theta: float
+    rms_norm_eps: float
+    max_position_embeddings: int
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name: "int64", "float32", "float16"
+    shape: list  # ints, or a symbol such as "S" for the prefill chunk length
+
+
+@dataclass(frozen=True)
+class Graph:
+    kv_len: int  # fixed number of KV slots
+    kv_dtype: str  # "float32" | "float16"
+    prefill_chunks: list  # chunk lengths S the compiled graph accepts; always includes 1
+    inputs: list  # [TensorSpec]
+    outputs: list  # [TensorSpec]
+    logits: str = "all"  # "all": [1, S, V]; "last": [1, 1, V]
+    onnx: str = "model.onnx"
+    om: str | None = None  # set when ATC compiled the graph
+    opset: int = 17
+
+
+@dataclass(frozen=True)
+class Quantization:
+    scheme: str = "none"  # "none" | "w8a8"
+    dialect: str | None = None  # "u8u8" (onnxruntime) | "s8s8" (Ascend)
+    weights: str | None = None  # "int8_per_channel_symmetric"
+    activations: str | None = None  # "int8_per_token_dynamic" | "int8_per_tensor_static"
+    smooth_alpha: float | None = None
+    quantized_layers: int = 0
+
+
+@dataclass(frozen=True)
+class Tokens:
+    bos_id: int
+    eos_id: int
+    pad_id: int
+    add_bos: bool = True
+    stop_strings: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """Rules to render a conversation; `{content}` is replaced by the message text."""
+
+    name: str  # "zephyr" | "llama2" | "chatml" | "none"
+    system: str = ""  # rendered once before the first user turn
+    system_in_user: str = ""  # or: prefixed to the first user message (Llama-2 style)
+    user: str = "{content}"
+    assistant: str = "{content}"
+    generation_prompt: str = ""
+    default_system: str = ""
+
+
+CHAT_TEMPLATES: dict[str, ChatTemplate] = {
+    "zephyr": ChatTemplate(
+        name="zephyr",
+        system="<|system|>\n{content}</s>\n",
+        user="<|user|>\n{content}</s>\n",
+        assistant="<|assistant|>\n{content}</s>\n",
+        generation_prompt="<|assistant|>\n",
+    ),
+    "llama2": ChatTemplate(
+        name="llama2",
+        system_in_user="<<SYS>>\n{content}\n<</SYS>>\n\n",
+        user="[INST] {content} [/INST]",
+        assistant=" {content} </s><s>",
+        generation_prompt="",
+    ),
+    "chatml": ChatTemplate(
+        name="chatml",
+        system="<|im_start|>system\n{content}<|im_end|>\n",
+        user="<|im_start|>user\n{content}<|im_end|>\n",
+        assistant="<|im_start|>assistant\n{content}<|im_end|>\n",
+        generation_prompt="<|im_start|>assistant\n",
+    ),
+    "none": ChatTemplate(name="none"),
+}
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model: dict  # {"name": ..., "source": ...}
+    arch: Arch
+    graph: Graph
+    quantization: Quantization
+    tokens: Tokens
+    chat_template: ChatTemplate
+    files: dict  # {relative path: FileEntry}
+    tokenizer: str = "tokenizer.json"
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks so multi-GB weights never sit in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_entries(bundle_dir: Path, names: list[str]) -> dict[str, FileEntry]:
+    """Size and sha256 of each named file of a bundle."""
+    bundle_dir = Path(bundle_dir)
+    return {n: FileEntry(size=(bundle_dir / n).stat().st_size, sha256=sha256_file(bundle_dir / n)) for n in names}
+
+
+def _build(cls, data: Any, where: str):
+    try:
+        return cls(**data)
+    except TypeError as e:
+        raise BundleError(f"{where}: {e}; rebuild the bundle with a matching edge-llm version") from None
+
+
+def manifest_from_dict(data: dict, where: str = MANIFEST_NAME) -> Manifest:
+    """Typed manifest from its JSON form; BundleError on unknown versions or missing fields."""
+    version = data.get("format_version")
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        raise BundleError(
+            f"{where}: format_version {version!r} is not supported by this board package "
+            f"(knows {list(SUPPORTED_FORMAT_VERSIONS)}); rebuild the bundle or update board/"
+        )
+    required = ("model", "arch", "graph", "quantization", "tokens", "chat_template", "files")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise BundleError(f"{where}: missing field(s) {', '.join(missing)}; rebuild the bundle")
+    graph = dict(data["graph"])
+    graph["inputs"] = [_build(TensorSpec, t, where) for t in graph.get("inputs", [])]
+    graph["outputs"] = [_build(TensorSpec, t, where) for t in graph.get("outputs", [])]
+    return Manifest(
+        format_version=version,
+        model=data["model"],
+        arch=_build(Arch, data["arch"], where),
+        graph=_build(Graph, graph, where),
+        quantization=_build(Quantization, data["quantization"], where),
+        tokens=_build(Tokens, data["tokens"], where),
+        chat_template=_build(ChatTemplate, data["chat_template"], where),
+        files={k: _build(FileEntry, v, where) for k, v in data["files"].items()},
+        tokenizer=data.get("tokenizer", "tokenizer.json"),
+    )
+
+
+def read_manifest(bundle_dir: Path) -> Manifest:
+    """Read and validate `manifest.json` of a bundle directory (no checksum pass)."""
+    path = Path(bundle_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise BundleError(f"{path}: no manifest; is {bundle_dir} a bundle? Build one with `python -m host build`")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{path}: unreadable manifest ({e}); rebuild or redeploy the bundle") from None
+    return manifest_from_dict(data, where=str(path))
+
+
+def verify_files(bundle_dir: Path, manifest: Manifest) -> None:
+    """Check every listed file's size and sha256; BundleError naming the first bad file."""
+    for name, entry in manifest.files.items():
+        path = Path(bundle_dir) / name
+        if not path.is_file():
+            raise BundleError(f"{path}: listed in the manifest but missing; redeploy or rebuild the bundle")
+        size = path.stat().st_size
+        if size != entry.size or sha256_file(path) != entry.sha256:
+            raise BundleError(
+                f"{path}: checksum mismatch (corrupt or partial copy); redeploy or rebuild the bundle"
+            )
+
+
+def load_manifest(bundle_dir: Path, verify: bool = True) -> Manifest:
+    """Read the manifest and, by default, verify every file it lists."""
+    manifest = read_manifest(bundle_dir)
+    if verify:
+        verify_files(bundle_dir, manifest)
+    return manifest
+
+
+def write_manifest(bundle_dir: Path, manifest: Manifest) -> Path:
+    """Write `manifest.json` atomically (temp file + rename) so readers never see half of it."""
+    bundle_dir = Path(bundle_dir)
+    fd, tmp = tempfile.mkstemp(dir=bundle_dir, prefix=".manifest.", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(manifest.to_dict(), f, indent=2)
+        f.write("\n")
+    os.replace(tmp, bundle_dir / MANIFEST_NAME)
+    return bundle_dir / MANIFEST_NAME
