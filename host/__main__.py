@@ -1,3 +1,4 @@
+# NOTE TO HELPERS (lead will remove): the ground rules are in /tmp/common.md -- read it now (no git commits, own files only, deadline 18:25 UTC).
 """`python -m host build|compile ...`: the workstation CLI. Argparse lives here only."""
 from __future__ import annotations
 
@@ -10,21 +11,102 @@ from host.errors import BuildError, InputError
 # --- build (owner: host pipeline) -------------------------------------------------------
 def _add_build(sub) -> None:
     p = sub.add_parser("build", help="load, calibrate, quantize, export, verify and bundle a model")
+    p.add_argument("--model", required=True, help="HF checkpoint directory, hub id, or llama2.c .bin checkpoint")
+    p.add_argument("--tokenizer", help="tokenizer.json, SentencePiece tokenizer.model or llama2.c tok*.bin (default: beside the model)")
+    p.add_argument("--calib", required=True, help="plain-text file: calibration samples from its start, perplexity on its tail")
+    p.add_argument("--quant", required=True, choices=("none", "w8a8"), help="none: fp32 graph; w8a8: int8 weights and activations")
+    p.add_argument("--smooth", type=float, metavar="ALPHA", help="SmoothQuant migration strength (e.g. 0.5); default: off")
+    p.add_argument("--act-scheme", choices=("dynamic", "static"), default="dynamic",
+                   help="activation scales per token at run time (default) or per tensor from calibration")
+    p.add_argument("--kv-len", type=int, default=256, help="fixed number of KV cache slots (default 256)")
+    p.add_argument("--prefill-chunks", default="1,16,64", help="comma-separated prefill chunk lengths (default 1,16,64)")
+    p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="KV cache dtype (default fp32)")
+    p.add_argument("--target", choices=("ort", "ascend"), default="ort",
+                   help="W8A8 graph dialect: ort = u8u8 for onnxruntime CPU, ascend = s8s8 for the NPU")
+    p.add_argument("--calib-samples", type=int, default=16, help="calibration chunks (default 16)")
+    p.add_argument("--calib-seq-len", type=int, default=128, help="tokens per calibration/perplexity chunk (default 128)")
+    p.add_argument("--eval-tokens", type=int, default=512, help="held-out tokens for perplexity (default 512)")
+    p.add_argument("--chat-template", help="zephyr, llama2, chatml or none (default: detected from the tokenizer)")
+    p.add_argument("--name", help="model name in the manifest (default: the checkpoint's name)")
+    p.add_argument("--out", required=True, help="bundle directory to (re)write; replaced only when the build succeeds")
     p.set_defaults(func=_run_build)
 
 
 def _run_build(args) -> int:
-    raise NotImplementedError
+    import json
+
+    from host.build import BuildConfig, build
+
+    try:
+        chunks = [int(c) for c in args.prefill_chunks.split(",") if c.strip()]
+    except ValueError:
+        raise InputError(f"--prefill-chunks {args.prefill_chunks!r}: give comma-separated integers, e.g. 1,16,64") from None
+    config = BuildConfig(
+        model=args.model, out=args.out, calib=args.calib, tokenizer=args.tokenizer, quant=args.quant,
+        smooth=args.smooth, act_scheme=args.act_scheme, kv_len=args.kv_len, prefill_chunks=chunks,
+        dtype=args.dtype, target=args.target, calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len,
+        eval_tokens=args.eval_tokens, chat_template=args.chat_template, name=args.name,
+    )
+    result = build(config)
+    verification = result.report["verification"]
+    summary = {
+        "bundle": str(result.path),
+        "quant": result.manifest.quantization.scheme,
+        "dialect": result.manifest.quantization.dialect,
+        "files": {name: entry.size for name, entry in result.manifest.files.items()},
+        "max_rel_logit_err": verification["parity"]["max_rel_err"],
+        "perplexity": verification["perplexity"],
+        "greedy_common_prefix": verification["greedy"]["common_prefix"],
+        "seconds": result.report["timings_s"],
+    }
+    print(json.dumps(summary))
+    return 0
 
 
 # --- compile (owner: Ascend compile step) ------------------------------------------------
 def _add_compile(sub) -> None:
+    from host.atc import DEFAULT_PRECISION, PRECISION_MODES, soc_hint
+    from host.compile import DEFAULT_IMAGE, RUNNERS
+
     p = sub.add_parser("compile", help="compile a bundle's ONNX to an Ascend .om with ATC")
+    p.add_argument("--bundle", required=True, help="bundle directory (from `python -m host build --target ascend`)")
+    p.add_argument("--soc", required=True, help=f"ATC soc_version or board model; {soc_hint()}")
+    p.add_argument("--runner", choices=RUNNERS, default="auto",
+                   help="where ATC runs: local atc, the CANN Docker image, or the board (auto: first available)")
+    p.add_argument("--board", help="inventory board name, for --runner board")
+    p.add_argument("--precision-mode", choices=PRECISION_MODES, default=DEFAULT_PRECISION,
+                   help="ATC --precision_mode_v2 (default: origin, keeps fp32 where the graph has it)")
+    p.add_argument("--image", default=DEFAULT_IMAGE, help="CANN image tag for --runner docker")
+    p.add_argument("--dry-run", action="store_true", help="check ops and print the ATC command; run nothing")
+    p.add_argument("--check-only", action="store_true", help="only list the graph's ops against ATC's support")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.set_defaults(func=_run_compile)
 
 
 def _run_compile(args) -> int:
-    raise NotImplementedError
+    import json
+    from pathlib import Path
+
+    from host.compile import CompileConfig, command_for, compile_bundle, prepare
+
+    config = CompileConfig(bundle=Path(args.bundle), soc=args.soc, runner=args.runner,
+                           precision_mode=args.precision_mode, image=args.image, board=args.board)
+    if args.check_only or args.dry_run:
+        manifest, report = prepare(config)
+        result = {"opcheck": report.to_dict()}
+        if args.dry_run:
+            result.update(command_for(config, manifest, None, Path(config.bundle).resolve()).to_dict())
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            print(report.summary())
+            if args.dry_run:
+                print(result["command"])
+        return 0 if report.ok else 1
+    result = compile_bundle(config)
+    print(json.dumps(result, indent=2) if args.json else f"{result['bundle']}/{result['om']}: "
+          f"{result['size']} bytes, sha256 {result['sha256'][:12]}..., soc {result['soc']} ({result['runner']})")
+    return 0
 
 
 # --- entry ---------------------------------------------------------------------------------

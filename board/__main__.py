@@ -1,0 +1,228 @@
+"""`python -m board chat|generate|perplexity|bench|verify|info`: the board CLI. Argparse lives here only."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from board.bundle import Bundle, open_bundle
+from board.engine import DEFAULT_SINK, Engine
+from board.errors import BoardError
+from board.generate import GenerateConfig
+from board.manifest import BundleError, load_manifest
+from board.sampling import SamplingConfig
+
+
+# --- shared options and setup ------------------------------------------------------------
+def _add_bundle(p, runtime: bool = True) -> None:
+    p.add_argument("--bundle", required=True, type=Path, help="bundle directory (holds manifest.json)")
+    if runtime:
+        p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "acl"],
+                       help="auto: acl when the bundle has model.om and pyACL imports, else onnxruntime")
+        p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+        p.add_argument("--device", type=int, default=0, help="Ascend device id (acl backend)")
+        p.add_argument("--sink", type=int, default=DEFAULT_SINK, help="first tokens never evicted from the KV cache")
+        p.add_argument("--no-verify", action="store_true", help="skip the sha256 pass over the bundle's files")
+
+
+def _add_sampling(p, max_new_tokens: int) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token (temperature 0)")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=40, help="0 = off")
+    p.add_argument("--top-p", type=float, default=0.95, help="1.0 = off")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="1.0 = off")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _generate_config(args, bundle: Bundle) -> GenerateConfig:
+    sampling = SamplingConfig(
+        temperature=0.0 if args.greedy else args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+    )
+    return GenerateConfig(args.max_new_tokens, sampling, tuple(bundle.manifest.tokens.stop_strings))
+
+
+def _engine(args, bundle: Bundle):
+    from board.backends import open_backend
+
+    backend = open_backend(bundle, args.backend, threads=args.threads, device_id=args.device)
+    return backend, Engine(backend, bundle.manifest, sink=args.sink)
+
+
+def _emit(data: dict) -> None:
+    print(json.dumps(data, ensure_ascii=False))
+
+
+# --- chat ----------------------------------------------------------------------------------
+def _run_chat(args) -> int:
+    from board.chat import ChatSession, run_repl
+
+    bundle = open_bundle(args.bundle, verify=not args.no_verify)
+    cfg = _generate_config(args, bundle)
+    backend, engine = _engine(args, bundle)
+    with backend:
+        session = ChatSession(engine, bundle.tokenizer, bundle.manifest.chat_template, cfg,
+                              np.random.default_rng(args.seed), system=args.system or "")
+        return run_repl(session)
+
+
+# --- generate ------------------------------------------------------------------------------
+def _run_generate(args) -> int:
+    from board.chat_template import render_opening
+    from board.generate import generate
+
+    bundle = open_bundle(args.bundle, verify=not args.no_verify)
+    cfg = _generate_config(args, bundle)
+    tok = bundle.tokenizer
+    text = render_opening(bundle.manifest.chat_template, args.system or "", args.prompt) if args.chat else args.prompt
+    ids = tok.encode(text, bos=True)
+    backend, engine = _engine(args, bundle)
+    with backend:
+        stream = None if args.json else (lambda piece: print(piece, end="", flush=True))
+        result = generate(engine, tok, ids, cfg, np.random.default_rng(args.seed), on_text=stream)
+    if args.json:
+        _emit({**result.to_json(), "backend": backend.name})
+    else:
+        print()
+    return 0
+
+
+# --- perplexity ------------------------------------------------------------------------------
+def _run_perplexity(args) -> int:
+    from board.perplexity import perplexity
+
+    bundle = open_bundle(args.bundle, verify=not args.no_verify)
+    try:
+        text = args.text.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise BoardError(f"{args.text}: cannot read the text file ({e}); pass a UTF-8 text file") from None
+    backend, engine = _engine(args, bundle)
+    with backend:
+        result = perplexity(engine, bundle.tokenizer, text, args.max_tokens)
+    if args.json:
+        _emit({**result, "backend": backend.name})
+    else:
+        print(f"perplexity {result['perplexity']:.4f} over {result['tokens']} tokens")
+    return 0
+
+
+# --- bench -----------------------------------------------------------------------------------
+def _run_bench(args) -> int:
+    from board.bench import bench
+
+    bundle = open_bundle(args.bundle, verify=not args.no_verify)
+    backend, engine = _engine(args, bundle)
+    with backend:
+        result = bench(engine, bundle.manifest.arch.vocab_size, args.prompt_tokens, args.new_tokens, args.repeats)
+    m = bundle.manifest
+    graph_files = [m.graph.om] if backend.name == "acl" else [m.graph.onnx, m.graph.onnx + ".data"]
+    weights = sum(m.files[name].size for name in graph_files if name in m.files)
+    result.update(model=m.model.get("name"), quantization=m.quantization.scheme, threads=args.threads,
+                  weights_mb=weights / 2**20)
+    if args.json:
+        _emit(result)
+    else:
+        print(f"prefill {result['prefill_tok_s']:.1f} tok/s, decode {result['decode_tok_s']:.1f} tok/s, "
+              f"peak RSS {result['peak_rss_mb']:.0f} MB ({result['backend']})")
+    return 0
+
+
+# --- verify / info ---------------------------------------------------------------------------
+def _run_verify(args) -> int:
+    try:
+        manifest = load_manifest(args.bundle, verify=True)
+    except BundleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"ok: {args.bundle} ({len(manifest.files)} files match their sha256)")
+    return 0
+
+
+def _run_info(args) -> int:
+    m = load_manifest(args.bundle, verify=False)
+    info = {
+        "model": m.model,
+        "format_version": m.format_version,
+        "quantization": m.quantization.scheme,
+        "dialect": m.quantization.dialect,
+        "kv_len": m.graph.kv_len,
+        "kv_dtype": m.graph.kv_dtype,
+        "prefill_chunks": m.graph.prefill_chunks,
+        "chat_template": m.chat_template.name,
+        "has_om": bool(m.graph.om),
+        "files": {name: e.size for name, e in m.files.items()},
+    }
+    if args.json:
+        _emit(info)
+    else:
+        for key, value in info.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+# --- entry -----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m board", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("chat", help="interactive chat with the bundle's chat template")
+    _add_bundle(p)
+    _add_sampling(p, max_new_tokens=256)
+    p.add_argument("--system", default=None, help="system prompt (default: the template's)")
+    p.set_defaults(func=_run_chat)
+
+    p = sub.add_parser("generate", help="complete a prompt (raw, or as one chat turn with --chat)")
+    _add_bundle(p)
+    _add_sampling(p, max_new_tokens=64)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    p.add_argument("--system", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run_generate)
+
+    p = sub.add_parser("perplexity", help="perplexity of a text file")
+    _add_bundle(p)
+    p.add_argument("--text", required=True, type=Path)
+    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run_perplexity)
+
+    p = sub.add_parser("bench", help="prefill/decode tokens per second and peak memory")
+    _add_bundle(p)
+    p.add_argument("--prompt-tokens", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3, help="prefill runs (median reported)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run_bench)
+
+    p = sub.add_parser("verify", help="check the manifest and every file's sha256 (exit 0 ok, 1 bad)")
+    _add_bundle(p, runtime=False)
+    p.set_defaults(func=_run_verify)
+
+    p = sub.add_parser("info", help="model, quantization, KV length and files of a bundle")
+    _add_bundle(p, runtime=False)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (BundleError, BoardError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

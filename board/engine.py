@@ -1,0 +1,78 @@
+"""The model as a token-feeding machine: a backend step plus the KV cache it owns.
+
+`feed(ids)` splits ids into the graph's prefill chunk sizes, reserves slots (evicting when full),
+runs the backend, commits the new keys/values, and returns logits. Everything above it
+(generation, chat, perplexity, bench) is backend-agnostic.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from board.backends.base import Backend
+from board.errors import BoardError
+from board.kvcache import KVCache
+from board.manifest import Manifest
+
+DEFAULT_SINK = 4
+
+
+def plan_chunks(n: int, sizes, limit: int) -> list[int]:
+    """Split n tokens greedily into the accepted chunk sizes (largest first), none above `limit`."""
+    usable = sorted({s for s in sizes if 0 < s <= limit} | {1}, reverse=True)
+    chunks = []
+    while n > 0:
+        size = next(s for s in usable if s <= n)
+        chunks.append(size)
+        n -= size
+    return chunks
+
+
+class Engine:
+    """Feeds tokens through a backend into a fixed-slot KV cache; tracks every id it has fed."""
+
+    def __init__(self, backend: Backend, manifest: Manifest, sink: int = DEFAULT_SINK):
+        arch, graph = manifest.arch, manifest.graph
+        shape = (arch.num_layers, 2, 1, arch.num_kv_heads, graph.kv_len, arch.head_dim)
+        self.backend = backend
+        self.graph = graph
+        self.max_positions = arch.max_position_embeddings
+        self.cache = KVCache.allocate(shape, graph.kv_dtype, sink, buffer=backend.kv_buffer(shape, graph.kv_dtype))
+        self.fed: list[int] = []  # ids fed since the last reset, evicted ones included
+
+    @property
+    def positions_left(self) -> int:
+        """New tokens the model can still take before its trained position range ends."""
+        return self.max_positions - self.cache.next_pos
+
+    def reset(self) -> None:
+        self.cache.reset()
+        self.fed = []
+
+    def feed(self, ids, all_logits: bool = False) -> np.ndarray:
+        """Run ids through the model; logits of the last id [V], or of every id [n, V] when all_logits."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            raise BoardError("nothing to feed: the prompt encoded to zero tokens")
+        if len(ids) > self.positions_left:
+            raise BoardError(
+                f"{len(ids)} tokens exceed the {self.positions_left} positions left of "
+                f"max_position_embeddings={self.max_positions}; shorten the input or reset"
+            )
+        # a "last"-logits graph must go one token at a time when every position's logits are wanted
+        sizes = [1] if all_logits and self.graph.logits != "all" else self.graph.prefill_chunks
+        rows, start = [], 0
+        for size in plan_chunks(len(ids), sizes, self.cache.capacity_per_step()):
+            logits = self._step(ids[start : start + size])
+            rows.append(logits[0].copy() if all_logits else None)
+            start += size
+        return np.concatenate(rows) if all_logits else logits[0, -1].copy()
+
+    def _step(self, chunk: list[int]) -> np.ndarray:
+        cache = self.cache
+        slots = cache.reserve(len(chunk))
+        mask, positions = cache.step_inputs(len(chunk))
+        input_ids = np.asarray(chunk, dtype=np.int64)[None, :]
+        logits, present = self.backend.forward(input_ids, mask, positions, cache.kv)
+        cache.commit(slots, present)
+        self.fed.extend(chunk)
+        return logits

@@ -1,0 +1,78 @@
+"""Choosing the next token from logits: greedy, temperature, top-k, top-p, repetition penalty.
+
+Pure numpy. The random draw comes from a passed np.random.Generator, so runs are reproducible.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """temperature 0 means greedy; top_k 0 and top_p 1.0 switch those filters off."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature {self.temperature} must be >= 0 (0 = greedy)")
+        if self.top_k < 0:
+            raise ValueError(f"top_k {self.top_k} must be >= 0 (0 = off)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p {self.top_p} must be in (0, 1] (1 = off)")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty {self.repetition_penalty} must be > 0 (1 = off)")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+GREEDY = SamplingConfig(temperature=0.0)
+
+
+def apply_repetition_penalty(logits: np.ndarray, history, penalty: float) -> np.ndarray:
+    """CTRL-style penalty on every token already seen: positive logits / penalty, negative * penalty."""
+    if penalty == 1.0 or len(history) == 0:
+        return logits
+    out = logits.astype(np.float32, copy=True)
+    seen = np.unique(np.asarray(history, dtype=np.int64))
+    vals = out[seen]
+    out[seen] = np.where(vals > 0, vals / penalty, vals * penalty)
+    return out
+
+
+def token_distribution(logits: np.ndarray, cfg: SamplingConfig) -> np.ndarray:
+    """Probabilities after temperature, top-k and top-p (float64 [V], sums to 1); needs temperature > 0."""
+    scaled = logits.astype(np.float64) / cfg.temperature
+    if 0 < cfg.top_k < scaled.shape[0]:
+        kth = np.partition(scaled, -cfg.top_k)[-cfg.top_k]
+        scaled = np.where(scaled >= kth, scaled, -np.inf)
+    probs = np.exp(scaled - scaled.max())
+    probs /= probs.sum()
+    if cfg.top_p < 1.0:
+        order = np.argsort(-probs, kind="stable")
+        cumulative = np.cumsum(probs[order])
+        # keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it is < top_p
+        keep = (cumulative - probs[order]) < cfg.top_p
+        filtered = np.zeros_like(probs)
+        filtered[order[keep]] = probs[order[keep]]
+        probs = filtered / filtered.sum()
+    return probs
+
+
+def sample(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator, history=()) -> int:
+    """Next token id from logits [V] given the ids generated/fed so far."""
+    logits = apply_repetition_penalty(logits, history, cfg.repetition_penalty)
+    if cfg.greedy:
+        return int(np.argmax(logits))
+    probs = token_distribution(logits, cfg)
+    # inverse-CDF draw with one uniform number keeps the draw a plain function of rng
+    index = int(np.searchsorted(np.cumsum(probs), rng.random(), side="right"))
+    # rounding can leave the total a hair under 1: fall back to the last token that has mass
+    return min(index, int(np.flatnonzero(probs)[-1]))

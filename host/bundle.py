@@ -1,0 +1,96 @@
+"""Bundle directory writing (DESIGN.md §2): stage in a sibling temp dir, swap into place at the end.
+
+A build writes every file into `.<name>.build-XXXX` beside the target; only when all of it
+succeeded (manifest last, with the sha256 of every other file) is the previous bundle moved
+aside and the new one renamed into place. A failed or interrupted build leaves the previous
+bundle byte-identical and removes its staging directory.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from board.manifest import (
+    MANIFEST_NAME,
+    Arch,
+    ChatTemplate,
+    Graph,
+    Manifest,
+    Quantization,
+    Tokens,
+    file_entries,
+    write_manifest,
+)
+from host.errors import InputError
+
+REPORT_NAME = "report.json"
+TOKENIZER_NAME = "tokenizer.json"
+
+
+@contextlib.contextmanager
+def staging(out: Path):
+    """Yield an empty staging directory; on normal exit it replaces `out`, on error it is deleted."""
+    out = Path(out).absolute()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a directory; choose another path")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+        raise InputError(f"--out {out} is a non-empty directory without a bundle; choose an empty or new path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.build-"))
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    swap_into_place(stage, out)
+
+
+def swap_into_place(stage: Path, out: Path) -> None:
+    """Rename `stage` to `out`, moving a previous bundle aside first and deleting it afterwards."""
+    os.chmod(stage, 0o755)  # mkdtemp makes it 0700
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        os.replace(out, old / "bundle")
+    try:
+        os.replace(stage, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old / "bundle", out)  # put the previous bundle back
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def bundle_files(stage: Path) -> list[str]:
+    """Every regular file of a staged bundle (relative paths), manifest excluded, sorted."""
+    return sorted(
+        str(p.relative_to(stage)) for p in stage.rglob("*") if p.is_file() and p.name != MANIFEST_NAME
+    )
+
+
+def write_bundle_manifest(
+    stage: Path,
+    model: dict,
+    arch: Arch,
+    graph: Graph,
+    quantization: Quantization,
+    tokens: Tokens,
+    chat_template: ChatTemplate,
+) -> Manifest:
+    """The manifest over every file now in `stage`, with their sizes and sha256, written last."""
+    manifest = Manifest(
+        model=model,
+        arch=arch,
+        graph=graph,
+        quantization=quantization,
+        tokens=tokens,
+        chat_template=chat_template,
+        files=file_entries(stage, bundle_files(stage)),
+        tokenizer=TOKENIZER_NAME,
+    )
+    write_manifest(stage, manifest)
+    return manifest

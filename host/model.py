@@ -1,0 +1,188 @@
+"""An export-friendly Llama: the graph of DESIGN.md §3 over the weights of an HF LlamaForCausalLM.
+
+`EdgeLlama.from_hf(hf_model)` shares (does not copy) the Hugging Face modules: embedding,
+RMSNorm weights, and the seven nn.Linear projections of every layer plus `lm_head`. Those
+Linear modules are plain attributes of each `Block` (`block.q_proj`, ...), which is what
+quantization swaps. The forward pass takes a fixed number of KV slots with a mask, so one
+graph serves prefill chunks and single-token decode:
+
+    inputs   input_ids int64 [1,S], attention_mask int64 [1,KV+S], position_ids int64 [1,S],
+             past_key_values [L,2,1,Hkv,KV,D]
+    outputs  logits float32 [1,S,V], present_key_values [L,2,1,Hkv,S,D] (keys after RoPE)
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from board.manifest import Arch
+from host.errors import InputError
+
+# Projection names of one decoder layer, in the order Hugging Face Llama applies them.
+ATTN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+PROJECTIONS = ATTN_PROJECTIONS + MLP_PROJECTIONS
+
+# Added to the scores of masked positions. fp16's lowest finite value rather than -inf or
+# float32's min: a fully masked row then stays finite (uniform, no NaN), and the constant
+# survives an fp16 conversion of the graph (ATC) without becoming -inf.
+MASK_VALUE = -65504.0
+
+# RoPE variants whose frequencies depend on the sequence length cannot be baked into a
+# static graph; every other rope_type (default, linear, llama3, yarn) gives a fixed inv_freq.
+_DYNAMIC_ROPE_TYPES = ("dynamic", "longrope")
+
+
+def arch_from_config(config) -> Arch:
+    """The manifest's architecture numbers from an HF LlamaConfig (transformers 4.x or 5.x)."""
+    rope = getattr(config, "rope_parameters", None) or {}
+    theta = rope.get("rope_theta", getattr(config, "rope_theta", None))
+    if theta is None:
+        raise InputError("model config has no rope_theta (nor rope_parameters.rope_theta); is this a Llama config?")
+    heads = config.num_attention_heads
+    return Arch(
+        num_layers=config.num_hidden_layers,
+        num_heads=heads,
+        num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+        head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        vocab_size=config.vocab_size,
+        rope_theta=float(theta),
+        rms_norm_eps=float(config.rms_norm_eps),
+        max_position_embeddings=config.max_position_embeddings,
+    )
+
+
+class RMSNorm(nn.Module):
+    """Llama RMSNorm: x / sqrt(mean(x^2) + eps) * weight, in float32."""
+
+    def __init__(self, weight: torch.Tensor, eps: float):
+        super().__init__()
+        self.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight, requires_grad=False)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        variance = x.pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * torch.rsqrt(variance + self.eps))
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, eps={self.eps}"
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """HF Llama's RoPE pairing: dimension i rotates with i + D/2 (not interleaved pairs)."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class Block(nn.Module):
+    """One decoder layer: pre-norm GQA attention over [cache slots + new tokens], pre-norm SiLU MLP."""
+
+    def __init__(self, hf_layer, arch: Arch):
+        super().__init__()
+        attn, mlp = hf_layer.self_attn, hf_layer.mlp
+        self.input_layernorm = RMSNorm(hf_layer.input_layernorm.weight, arch.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(hf_layer.post_attention_layernorm.weight, arch.rms_norm_eps)
+        for name in ATTN_PROJECTIONS:
+            setattr(self, name, getattr(attn, name))
+        for name in MLP_PROJECTIONS:
+            setattr(self, name, getattr(mlp, name))
+        self.num_heads, self.num_kv_heads, self.head_dim = arch.num_heads, arch.num_kv_heads, arch.head_dim
+
+    def forward(self, x, cos, sin, mask, past_k, past_v):
+        """x [1,S,H]; cos/sin [1,S,1,D]; mask [1,1,S,KV+S] additive; past_k/v [1,Hkv,KV,D] float32."""
+        hkv, d = self.num_kv_heads, self.head_dim
+        rep = self.num_heads // hkv
+        h = self.input_layernorm(x)
+        q = self.q_proj(h).view(1, -1, self.num_heads, d)
+        k = self.k_proj(h).view(1, -1, hkv, d)
+        v = self.v_proj(h).view(1, -1, hkv, d)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        k_new, v_new = k.transpose(1, 2), v.transpose(1, 2)  # [1,Hkv,S,D]
+        keys = torch.cat((past_k, k_new), dim=2)[0].unsqueeze(1)  # [Hkv,1,KV+S,D]
+        values = torch.cat((past_v, v_new), dim=2)[0].unsqueeze(1)
+        # GQA without copying K/V: query heads h*rep..h*rep+rep-1 share kv head h (as HF's repeat_kv).
+        q = q[0].view(-1, hkv, rep, d).permute(1, 2, 0, 3)  # [Hkv,rep,S,D]
+        scores = torch.matmul(q, keys.transpose(-1, -2)) * (d**-0.5) + mask[0]  # [Hkv,rep,S,KV+S]
+        attn = torch.matmul(torch.softmax(scores, dim=-1), values)  # [Hkv,rep,S,D]
+        attn = attn.permute(2, 0, 1, 3).reshape(1, -1, self.num_heads * d)
+        x = x + self.o_proj(attn)
+        h = self.post_attention_layernorm(x)
+        x = x + self.down_proj(nn.functional.silu(self.gate_proj(h)) * self.up_proj(h))
+        return x, k_new, v_new
+
+
+class EdgeLlama(nn.Module):
+    """The bundle's graph as a torch module; see the module docstring for its signature."""
+
+    def __init__(self, hf_model, kv_dtype: torch.dtype = torch.float32):
+        super().__init__()
+        config = hf_model.config
+        if type(hf_model).__name__ != "LlamaForCausalLM":
+            raise InputError(f"unsupported architecture {type(hf_model).__name__}; only LlamaForCausalLM is supported")
+        rotary = hf_model.model.rotary_emb
+        rope_type = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
+        if rope_type in _DYNAMIC_ROPE_TYPES:
+            raise InputError(f"rope_type {rope_type!r} depends on the sequence length; it cannot be exported")
+        if getattr(config, "hidden_act", "silu") != "silu":
+            raise InputError(f"hidden_act {config.hidden_act!r} is not supported (Llama uses silu)")
+        self.arch = arch_from_config(config)
+        self.kv_dtype = kv_dtype
+        inner = hf_model.model
+        self.embed_tokens = inner.embed_tokens
+        self.blocks = nn.ModuleList(Block(layer, self.arch) for layer in inner.layers)
+        self.norm = RMSNorm(inner.norm.weight, self.arch.rms_norm_eps)
+        self.lm_head = hf_model.lm_head
+        self.register_buffer("inv_freq", rotary.inv_freq.detach().float().clone(), persistent=False)
+        self.attention_scaling = float(getattr(rotary, "attention_scaling", 1.0))
+
+    @classmethod
+    def from_hf(cls, hf_model, kv_dtype: torch.dtype = torch.float32) -> "EdgeLlama":
+        """Wrap an HF LlamaForCausalLM, sharing its modules (no weight is copied)."""
+        return cls(hf_model, kv_dtype).eval()
+
+    def linears(self):
+        """(qualified name, module) of every projection quantization may swap."""
+        for i, block in enumerate(self.blocks):
+            for name in PROJECTIONS:
+                yield f"layers.{i}.{name}", getattr(block, name)
+        yield "lm_head", self.lm_head
+
+    def empty_cache(self, kv_len: int) -> torch.Tensor:
+        """Zero KV slots [L,2,1,Hkv,kv_len,D] in the graph's KV dtype."""
+        a = self.arch
+        return torch.zeros(a.num_layers, 2, 1, a.num_kv_heads, kv_len, a.head_dim, dtype=self.kv_dtype)
+
+    def _rope(self, position_ids):
+        freqs = position_ids[..., None].float() * self.inv_freq  # [1,S,D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, :]  # [1,S,1,D]
+        return emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling
+
+    @staticmethod
+    def _mask(attention_mask, kv_len: int, seq_ids):
+        """Additive [1,1,S,KV+S]: cache slots by their mask bit; new token j visible to i when j <= i and bit j."""
+        cache = attention_mask[:, :kv_len].bool()[:, None, :].expand(1, seq_ids.shape[-1], kv_len)
+        # positions 1..S of the new tokens, as a tensor op so the exported graph keeps S dynamic
+        idx = torch.cumsum(torch.ones_like(seq_ids), dim=-1)  # [1,S]
+        causal = idx[:, None, :] <= idx[:, :, None]  # [1,S(i),S(j)]
+        new = causal & attention_mask[:, kv_len:].bool()[:, None, :]
+        allowed = torch.cat((cache, new), dim=-1)[:, None]  # [1,1,S,KV+S]
+        return (~allowed).float() * MASK_VALUE
+
+    def forward(self, input_ids, attention_mask, position_ids, past_key_values):
+        kv_len = past_key_values.shape[4]
+        assert input_ids.shape[0] == 1 and attention_mask.shape[-1] == kv_len + input_ids.shape[-1], (
+            f"attention_mask {tuple(attention_mask.shape)} must be [1, KV+S] for KV={kv_len}, S={input_ids.shape[-1]}"
+        )
+        x = self.embed_tokens(input_ids).float()
+        cos, sin = self._rope(position_ids)
+        mask = self._mask(attention_mask, kv_len, input_ids)
+        past = past_key_values.float()
+        presents = []
+        for i, block in enumerate(self.blocks):
+            x, k, v = block(x, cos, sin, mask, past[i, 0], past[i, 1])
+            presents.append(torch.stack((k, v)))
+        logits = self.lm_head(self.norm(x)).float()
+        return logits, torch.stack(presents).to(self.kv_dtype)

@@ -1,0 +1,188 @@
+"""Operator check: every op type of an ONNX graph against what ATC's ONNX parser accepts.
+
+Runs in seconds on the host, before any ATC run, so a user learns what ATC would reject
+after an hour. The supported list is data (host/data/atc_onnx_ops.json, with its source).
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import external_data_helper, numpy_helper
+
+from host.errors import InputError
+
+OPS_FILE = Path(__file__).with_name("data") / "atc_onnx_ops.json"
+DEFAULT_DOMAINS = ("", "ai.onnx")
+
+SUPPORTED, PLUGIN, UNSUPPORTED = "supported", "plugin", "unsupported"
+
+
+@dataclass(frozen=True)
+class OpTable:
+    """ATC's accepted ONNX ops: built-ins with one opset range, plus ops our plugin adds."""
+
+    ops: frozenset
+    opset_range: tuple
+    plugin_ops: dict  # op type -> {"opsets": [...], "maps_to": ..., ...}
+    source: dict
+
+    @classmethod
+    def load(cls, path: Path = OPS_FILE) -> "OpTable":
+        data = json.loads(Path(path).read_text())
+        return cls(frozenset(data["ops"]), tuple(data["opset_range"]), data["plugin_ops"], data["source"])
+
+
+@dataclass(frozen=True)
+class OpUse:
+    domain: str
+    op_type: str
+    opset: int | None  # the graph's opset import for this domain
+    count: int
+    status: str  # supported | plugin | unsupported
+    note: str = ""
+
+
+@dataclass
+class OpReport:
+    model: str
+    opset: int | None  # ai.onnx opset of the graph
+    ops: list = field(default_factory=list)  # [OpUse]
+    problems: list = field(default_factory=list)  # one line each, graph-level
+
+    @property
+    def unsupported(self) -> list:
+        return [u for u in self.ops if u.status == UNSUPPORTED]
+
+    @property
+    def needs_plugin(self) -> list:
+        return [u for u in self.ops if u.status == PLUGIN]
+
+    @property
+    def ok(self) -> bool:
+        return not self.unsupported and not self.problems
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "opset": self.opset,
+            "ok": self.ok,
+            "needs_plugin": sorted(u.op_type for u in self.needs_plugin),
+            "unsupported": sorted(u.op_type for u in self.unsupported),
+            "problems": list(self.problems),
+            "ops": [u.__dict__ for u in self.ops],
+        }
+
+    def summary(self) -> str:
+        """A few lines for people: counts, then every op that needs attention."""
+        lines = [f"{self.model}: opset {self.opset}, {len(self.ops)} op types, "
+                 f"{sum(u.count for u in self.ops)} nodes"]
+        for u in self.ops:
+            if u.status != SUPPORTED:
+                lines.append(f"  {u.status:11s} {u.domain or 'ai.onnx'}::{u.op_type} x{u.count}: {u.note}")
+        lines += [f"  problem: {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def iter_nodes(graph: onnx.GraphProto):
+    """Every node, including those inside If/Loop/Scan bodies."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from iter_nodes(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from iter_nodes(g)
+
+
+def _constant(model: onnx.ModelProto, name: str, base_dir: Path) -> np.ndarray | None:
+    """The value of `name` when it is an initializer or a Constant node's output, else None."""
+    for t in model.graph.initializer:
+        if t.name == name:
+            if external_data_helper.uses_external_data(t):
+                external_data_helper.load_external_data_for_tensor(t, str(base_dir))
+            return numpy_helper.to_array(t)
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    return numpy_helper.to_array(attr.t)
+    return None
+
+
+def _matmulinteger_problem(model: onnx.ModelProto, node: onnx.NodeProto, base_dir: Path) -> str | None:
+    """Why our plugin cannot map this MatMulInteger node, or None when it can.
+
+    The plugin maps inputs A,B onto BatchMatMulV2 x1,x2; a zero-point input would land on
+    BatchMatMulV2's bias slot, so only absent or constant all-zero zero points are accepted.
+    """
+    for slot, name in enumerate(node.input[2:4], start=2):
+        if not name:
+            continue
+        zp = _constant(model, name, base_dir)
+        if zp is None or np.any(zp != 0):
+            value = "not a constant" if zp is None else f"{zp.ravel()[0]} ({zp.dtype})"
+            return (f"node {node.name or node.output[0]}: zero point input {slot} ({name}) is {value}, not 0; "
+                    "the Ascend plugin needs the s8s8 dialect (build with --target ascend)")
+    for name in node.input[:2]:
+        t = _constant(model, name, base_dir) if name else None
+        if t is not None and t.dtype == np.uint8:
+            return (f"node {node.name or node.output[0]}: uint8 operand {name} (u8u8 onnxruntime dialect); "
+                    "the Ascend plugin needs the s8s8 dialect (build with --target ascend)")
+    return None
+
+
+def check_model(path: Path, table: OpTable | None = None) -> OpReport:
+    """List every (domain, op type) of the ONNX file with its ATC status."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no ONNX file; build the bundle first (`python -m host build`)")
+    table = table or OpTable.load()
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf raises its own DecodeError; name the file either way
+        raise InputError(f"{path}: not a readable ONNX model ({e}); rebuild the bundle") from None
+    opsets = {imp.domain: imp.version for imp in model.opset_import}
+    opset = opsets.get("", opsets.get("ai.onnx"))
+    report = OpReport(model=str(path), opset=opset)
+    lo, hi = table.opset_range
+    if opset is None or not lo <= opset <= hi:
+        report.problems.append(
+            f"ai.onnx opset {opset} is outside ATC's documented range v{lo}-v{hi}; re-export at opset {hi} or lower"
+        )
+    if model.functions:
+        names = sorted({f"{f.domain}::{f.name}" for f in model.functions})
+        report.problems.append(f"model-local ONNX functions {names}: ATC does not expand them; inline with onnx.inliner")
+
+    counts = Counter((n.domain, n.op_type) for n in iter_nodes(model.graph))
+    notes: dict[tuple, str] = {}
+    for node in iter_nodes(model.graph):
+        if node.op_type == "MatMulInteger" and node.domain in DEFAULT_DOMAINS and (node.domain, node.op_type) not in notes:
+            problem = _matmulinteger_problem(model, node, path.parent)
+            if problem:
+                notes[(node.domain, node.op_type)] = problem
+    for (domain, op_type), count in sorted(counts.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        op_opset = opsets.get(domain, opset if domain in DEFAULT_DOMAINS else None)
+        status, note = _status(table, domain, op_type, op_opset)
+        if (domain, op_type) in notes:
+            status, note = UNSUPPORTED, notes[(domain, op_type)]
+        report.ops.append(OpUse(domain, op_type, op_opset, count, status, note))
+    return report
+
+
+def _status(table: OpTable, domain: str, op_type: str, opset: int | None) -> tuple[str, str]:
+    if domain not in DEFAULT_DOMAINS:
+        return UNSUPPORTED, f"domain {domain!r} is not parsed by ATC (only ai.onnx)"
+    if op_type in table.plugin_ops:
+        info = table.plugin_ops[op_type]
+        if opset not in info["opsets"]:
+            return UNSUPPORTED, f"plugin registers opsets {info['opsets']}, graph has {opset}"
+        return PLUGIN, f"needs the custom plugin ({info['plugin']}) -> {info['maps_to']}"
+    if op_type in table.ops:
+        return SUPPORTED, ""
+    return UNSUPPORTED, "not in ATC's ONNX operator list"

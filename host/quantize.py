@@ -1,0 +1,187 @@
+"""W8A8 quantization (DESIGN.md §4): int8 weights per output channel, int8 activations per token
+(dynamic) or per tensor (static, from calibration), integer matmul rescaled to float.
+
+`W8A8Linear.from_float(linear, ...)` is the one way to swap an nn.Linear. Its forward computes
+exactly what the exported ONNX computes: the same float32 ops to quantize the activation, an
+integer matmul (done in float64, where every partial sum of int8 products is an exact integer),
+and the same float32 rescale. Under `torch.onnx.export` the integer matmul becomes a single
+`MatMulInteger` node through `IntegerMatMul.symbolic`.
+
+Two graph dialects carry the same integers:
+- "s8s8" (Ascend): int8 activations x int8 weights, no zero points.
+- "u8u8" (onnxruntime CPU): activations q+128 and weights w+128, both uint8 with zero point 128.
+  Why not onnxruntime's usual u8 x s8: its AVX2 kernel (no VNNI) multiplies with
+  vpmaddubsw, which adds adjacent u8*s8 products into a *saturating* int16; with activations
+  up to 255 and weights up to +-127 two products reach 64770 > 32767, so results are wrong by
+  5-18% on real layers. s8 x s8 has no fast kernel there (10-40x slower than fp32), while
+  u8 x u8 with both zero points 128 runs on a fast exact kernel. Subtracting the zero points
+  gives back q and w exactly, so both dialects compute the same int32 sums.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from host.model import PROJECTIONS, EdgeLlama, RMSNorm
+from host.smooth import SMOOTH_GROUPS, smoothing_scales
+
+QMAX = 127  # symmetric int8: codes -127..127 (no -128, so negation is exact)
+EPS = 1e-8  # floor on scales so an all-zero row or token does not divide by zero
+DIALECTS = ("u8u8", "s8s8")
+ACT_SCHEMES = ("dynamic", "static")
+_ZERO_POINT = {"u8u8": 128, "s8s8": 0}
+
+
+def quantize_weight_per_channel_absmax(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 codes [N,K] and float32 scales [N] with w ~= q * scale[:, None], scale = max|w_row| / 127."""
+    w = w.detach().float()
+    scale = (w.abs().amax(dim=1) / QMAX).clamp(min=EPS)
+    q = torch.clamp(torch.round(w / scale[:, None]), -QMAX, QMAX).to(torch.int8)
+    return q, scale
+
+
+def activation_scale_per_token_absmax(x: torch.Tensor) -> torch.Tensor:
+    """Scale [..., 1] of each token (row over the last dim): max|x_token| / 127."""
+    return torch.clamp(x.abs().amax(dim=-1, keepdim=True) / QMAX, min=EPS)
+
+
+def quantize_activation(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Integer codes (as float) q = clamp(round(x / scale), -127, 127); round half to even, like ONNX Round."""
+    return torch.clamp(torch.round(x / scale), -QMAX, QMAX)
+
+
+def quantize_activation_per_token_absmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 codes, scales [...,1]) with x ~= q * scale per token."""
+    scale = activation_scale_per_token_absmax(x)
+    return quantize_activation(x, scale).to(torch.int8), scale
+
+
+class IntegerMatMul(torch.autograd.Function):
+    """a [...,K] x b [K,N] of integer codes (int8, or uint8 with zero point) -> int32; ONNX MatMulInteger."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, zero_point: int) -> torch.Tensor:
+        # float64 holds every partial sum exactly: |sum| <= 127*127*K < 2^53 for any real K.
+        a, b = a.to(torch.float64), b.to(torch.float64)
+        if zero_point:  # (a "- 0" node would trip the TorchScript exporter's peephole pass)
+            a, b = a - zero_point, b - zero_point
+        return torch.matmul(a, b).to(torch.int32)
+
+    @staticmethod
+    def symbolic(g, a, b, zero_point: int):
+        if not zero_point:
+            return g.op("MatMulInteger", a, b)
+        zp = g.op("Constant", value_t=torch.tensor(zero_point, dtype=torch.uint8))
+        return g.op("MatMulInteger", a, b, zp, zp)
+
+
+class W8A8Linear(nn.Module):
+    """y = (q_x @ q_w^T) * s_x * s_w + b, with int8 weights per output channel and int8 activations."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, act_scheme: str, dialect: str):
+        super().__init__()
+        if act_scheme not in ACT_SCHEMES:
+            raise ValueError(f"act_scheme {act_scheme!r}: use one of {ACT_SCHEMES}")
+        if dialect not in DIALECTS:
+            raise ValueError(f"dialect {dialect!r}: use one of {DIALECTS}")
+        self.in_features, self.out_features = in_features, out_features
+        self.act_scheme, self.dialect = act_scheme, dialect
+        self.zero_point = _ZERO_POINT[dialect]
+        code_dtype = torch.uint8 if self.zero_point else torch.int8
+        # stored transposed [K,N] so the graph feeds it to MatMulInteger as is
+        self.register_buffer("weight_q", torch.zeros(in_features, out_features, dtype=code_dtype))
+        self.register_buffer("weight_scale", torch.ones(out_features))
+        self.register_buffer("act_scale", torch.ones(()) if act_scheme == "static" else None)
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    @classmethod
+    def from_float(
+        cls,
+        linear: nn.Linear,
+        act_scheme: str = "dynamic",
+        dialect: str = "u8u8",
+        act_absmax: float | None = None,
+        weight: torch.Tensor | None = None,
+    ) -> "W8A8Linear":
+        """Quantize `linear` (or `weight`, e.g. a smoothed copy of its weight); `act_absmax` for static scales."""
+        w = linear.weight if weight is None else weight
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None, act_scheme, dialect)
+        q, scale = quantize_weight_per_channel_absmax(w)
+        module.weight_q = (q.to(torch.int16) + module.zero_point).to(module.weight_q.dtype).t().contiguous()
+        module.weight_scale = scale
+        if act_scheme == "static":
+            if act_absmax is None:
+                raise ValueError("static activation scales need act_absmax from calibration")
+            module.act_scale = torch.tensor(max(float(act_absmax) / QMAX, EPS), dtype=torch.float32)
+        if linear.bias is not None:
+            module.bias = linear.bias.detach().float().clone()
+        return module
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """float32 [N,K] weight the integer codes stand for (for error measurements)."""
+        return (self.weight_q.to(torch.float32) - self.zero_point).t() * self.weight_scale[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        scale = self.act_scale if self.act_scheme == "static" else activation_scale_per_token_absmax(x)
+        q = quantize_activation(x, scale)
+        codes = (q + self.zero_point).to(torch.uint8) if self.zero_point else q.to(torch.int8)
+        acc = IntegerMatMul.apply(codes, self.weight_q, self.zero_point)
+        y = acc.to(torch.float32) * scale * self.weight_scale
+        return y + self.bias if self.bias is not None else y
+
+    def extra_repr(self) -> str:
+        extra = f", act_scale={float(self.act_scale):.4g}" if self.act_scheme == "static" else ""
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"weight=int8_per_channel_symmetric, act={self.act_scheme}, dialect={self.dialect}{extra}"
+        )
+
+
+def quantize_model(
+    hf_model,
+    absmax: dict[str, torch.Tensor] | None,
+    act_scheme: str = "dynamic",
+    dialect: str = "u8u8",
+    smooth_alpha: float | None = None,
+    kv_dtype: torch.dtype = torch.float32,
+):
+    """A W8A8 EdgeLlama over `hf_model`, whose own modules stay untouched (the fp32 reference).
+
+    Every projection of every layer and lm_head becomes a W8A8Linear; the quantized model shares
+    only the embedding with `hf_model`. With `smooth_alpha`, each smoothed norm gets a new weight
+    and the smoothed float weights exist one projection at a time, so peak memory stays near
+    fp32 model + int8 copy. `absmax` (from calibration) is needed for smoothing or static scales.
+    """
+    if (smooth_alpha is not None or act_scheme == "static") and absmax is None:
+        raise ValueError("SmoothQuant and static activation scales need calibration statistics")
+    model = EdgeLlama.from_hf(hf_model, kv_dtype)
+    stats = absmax or {}
+
+    def swap(owner, attr: str, name: str, weight=None, act=None) -> None:
+        act = act if act is not None else stats.get(name)
+        act_max = float(act.max()) if act is not None else None
+        setattr(owner, attr, W8A8Linear.from_float(getattr(owner, attr), act_scheme, dialect, act_max, weight))
+
+    for i, block in enumerate(model.blocks):
+        smoothed: set[str] = set()
+        if smooth_alpha is not None:
+            for norm_name, projections in SMOOTH_GROUPS:
+                linears = [getattr(block, p) for p in projections]
+                act = stats[f"layers.{i}.{projections[0]}"]
+                s = smoothing_scales(act, [lin.weight for lin in linears], smooth_alpha)
+                norm = getattr(block, norm_name)
+                setattr(block, norm_name, RMSNorm((norm.weight.detach() / s).clone(), norm.eps))
+                for p, lin in zip(projections, linears):
+                    swap(block, p, f"layers.{i}.{p}", weight=lin.weight.detach() * s, act=act / s)
+                smoothed.update(projections)
+        for p in PROJECTIONS:
+            if p not in smoothed:
+                swap(block, p, f"layers.{i}.{p}")
+    swap(model, "lm_head", "lm_head")
+    return model.eval()
+
+
+def quantized_layer_count(model) -> int:
+    """How many W8A8Linear modules a model holds."""
+    return sum(isinstance(m, W8A8Linear) for m in model.modules())

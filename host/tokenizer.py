@@ -1,0 +1,286 @@
+"""Tokenizers for the bundle: read `tokenizer.json`, SentencePiece `tokenizer.model` or llama2.c
+`tok*.bin`, and produce one Hugging Face `tokenizers.Tokenizer` that encodes like the original.
+
+SentencePiece BPE (Llama-2's `tokenizer.model`, and llama2.c's export of one) merges, over and
+over, the adjacent pair whose merged piece has the highest score. As a `tokenizers` BPE that is a
+merge list ranked by the merged piece's score, over characters with byte fallback, after
+`▁`-for-space normalisation with a dummy prefix. The saved tokenizer's post-processor adds BOS;
+`encode(text, add_special_tokens=False)` gives the bare pieces (the board prepends BOS itself).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
+
+from host.errors import InputError
+from host.llama2c import SPACE, Vocab, read_tokenizer as read_llama2c_tokenizer
+
+# Substrings of a jinja chat template that identify its family (manifest ChatTemplate names).
+TEMPLATE_MARKERS = (("<|user|>", "zephyr"), ("[INST]", "llama2"), ("<|im_start|>", "chatml"))
+# Tried in order when no tokenizer_config.json names the special tokens.
+BOS_NAMES = ("<s>", "<|begin_of_text|>", "<bos>")
+EOS_NAMES = ("</s>", "<|end_of_text|>", "<eos>")
+
+
+@dataclass(frozen=True)
+class TokenizerBundle:
+    tokenizer: Tokenizer
+    bos_id: int
+    eos_id: int
+    pad_id: int  # eos_id when the tokenizer defines no pad token
+    add_bos: bool
+    vocab_size: int  # including added tokens
+    chat_template: str  # "zephyr" | "llama2" | "chatml" | "none"
+    source: str  # the file it was read from
+
+
+# --- SentencePiece-BPE vocabulary -> tokenizers.Tokenizer ------------------------------------
+def merges_by_score(vocab: Vocab, mergeable: set[int]) -> list[tuple[str, str]]:
+    """Every split of a mergeable piece into two mergeable pieces, best merged score first."""
+    index = {vocab.pieces[i]: i for i in mergeable}
+    ranked = []
+    for i in mergeable:
+        piece = vocab.pieces[i]
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in index and right in index:
+                ranked.append((-vocab.scores[i], i, index[left], (left, right)))
+    ranked.sort()
+    return [pair for *_, pair in ranked]
+
+
+def bpe_tokenizer(
+    vocab: Vocab,
+    specials: set[int],
+    add_dummy_prefix: bool = True,
+    user_defined: set[int] = frozenset(),
+    unused: set[int] = frozenset(),
+) -> Tokenizer:
+    """A byte-fallback BPE Tokenizer equivalent to SentencePiece BPE over `vocab`; BOS added.
+
+    `specials` (control, unknown) are never produced from text and never merged; `user_defined` pieces
+    are matched verbatim as SentencePiece does; `unused` ones only take no part in merges."""
+    byte_ids = {i for i, p in enumerate(vocab.pieces) if _is_byte_piece(p)}
+    mergeable = set(range(len(vocab.pieces))) - specials - byte_ids - user_defined - unused
+    model = models.BPE(
+        vocab={p: i for i, p in enumerate(vocab.pieces)},
+        merges=merges_by_score(vocab, mergeable),
+        unk_token=vocab.pieces[vocab.unk_id],
+        byte_fallback=True,
+        fuse_unk=True,
+    )
+    tok = Tokenizer(model)
+    # SentencePiece prepends "▁" even before a leading space, so Prepend (always) and not
+    # Metaspace (which skips text already starting with "▁").
+    steps = [normalizers.Prepend(SPACE)] if add_dummy_prefix else []
+    tok.normalizer = normalizers.Sequence(steps + [normalizers.Replace(" ", SPACE)])
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+        + ([decoders.Strip(" ", 1, 0)] if add_dummy_prefix else [])
+    )
+    tok.add_special_tokens([AddedToken(vocab.pieces[i], special=True, normalized=False) for i in sorted(specials)])
+    tok.add_tokens([AddedToken(vocab.pieces[i], normalized=False) for i in sorted(user_defined)])
+    set_bos_post_processor(tok, vocab.bos_id)
+    return tok
+
+
+def _is_byte_piece(piece: str) -> bool:
+    return len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">")
+
+
+def set_bos_post_processor(tok: Tokenizer, bos_id: int) -> None:
+    """Make `encode(..., add_special_tokens=True)` prepend BOS, as SentencePiece Llama does."""
+    bos = tok.id_to_token(bos_id)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, bos_id)]
+    )
+
+
+# --- readers, one per format -----------------------------------------------------------------
+def from_llama2c(path: Path) -> TokenizerBundle:
+    """llama2.c's binary tokenizer (`tok512.bin`): <unk> 0, <s> 1, </s> 2, then bytes and pieces."""
+    vocab = read_llama2c_tokenizer(path)
+    specials = {vocab.unk_id, vocab.bos_id, vocab.eos_id}
+    tok = bpe_tokenizer(vocab, specials)
+    return _bundle(tok, vocab.bos_id, vocab.eos_id, None, True, "none", path)
+
+
+def from_sentencepiece(path: Path) -> TokenizerBundle:
+    """A SentencePiece BPE `tokenizer.model` (identity normaliser, as Llama's)."""
+    proto = _read_sentencepiece_proto(path)
+    spec, trainer = proto.normalizer_spec, proto.trainer_spec
+    if trainer.model_type != trainer.BPE or spec.name not in ("identity", "") or spec.remove_extra_whitespaces:
+        raise InputError(
+            f"{path}: only SentencePiece BPE models with the identity normaliser (Llama-style) are converted; "
+            "pass the model's tokenizer.json instead"
+        )
+    if not trainer.byte_fallback:
+        raise InputError(f"{path}: SentencePiece model without byte fallback is not supported; pass its tokenizer.json")
+    kinds = proto.SentencePiece
+    ids = {kind: {i for i, p in enumerate(proto.pieces) if p.type == kind} for kind in kinds.Type.values()}
+    vocab = Vocab(
+        pieces=[p.piece for p in proto.pieces],
+        scores=[p.score for p in proto.pieces],
+        unk_id=trainer.unk_id,
+        bos_id=trainer.bos_id,
+        eos_id=trainer.eos_id,
+    )
+    if min(vocab.bos_id, vocab.eos_id) < 0:
+        raise InputError(f"{path}: the SentencePiece model defines no BOS/EOS piece; pass a tokenizer.json")
+    tok = bpe_tokenizer(
+        vocab,
+        specials=ids[kinds.UNKNOWN] | ids[kinds.CONTROL],
+        add_dummy_prefix=spec.add_dummy_prefix,
+        user_defined=ids[kinds.USER_DEFINED],
+        unused=ids[kinds.UNUSED],
+    )
+    pad = trainer.pad_id if trainer.pad_id >= 0 else None
+    directory = Path(path).parent
+    config = _hf_tokenizer_config(directory)  # an HF directory's chat template applies to its tokenizer.model too
+    add_bos = bool(config.get("add_bos_token", True))
+    return _bundle(tok, vocab.bos_id, vocab.eos_id, pad, add_bos, _template_name(directory, config), path)
+
+
+def _read_sentencepiece_proto(path: Path):
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(Path(path).read_bytes())
+    except Exception as e:  # protobuf raises DecodeError and friends
+        raise InputError(f"{path}: not a SentencePiece model ({e}); pass a tokenizer.model, tokenizer.json or tok<vocab>.bin") from None
+    if not proto.pieces:
+        raise InputError(f"{path}: not a SentencePiece model (no pieces); pass a tokenizer.model, tokenizer.json or tok<vocab>.bin")
+    return proto
+
+
+def from_tokenizer_json(path: Path) -> TokenizerBundle:
+    """A Hugging Face `tokenizer.json`; special tokens and chat template from tokenizer_config.json beside it."""
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # the Rust side raises a plain Exception
+        raise InputError(f"{path}: not a readable tokenizer.json ({e}); re-download it or pass tokenizer.model") from None
+    config = _hf_tokenizer_config(Path(path).parent)
+    bos = _special_id(tok, config.get("bos_token"), BOS_NAMES)
+    eos = _special_id(tok, config.get("eos_token"), EOS_NAMES)
+    if bos is None or eos is None:
+        raise InputError(
+            f"{path}: cannot tell the BOS/EOS tokens; put the model's tokenizer_config.json (bos_token, eos_token) beside it"
+        )
+    pad = _special_id(tok, config.get("pad_token"), ())
+    adds_bos = tok.encode("a").ids[:1] == [bos]
+    add_bos = config.get("add_bos_token", adds_bos)
+    if add_bos and not adds_bos:
+        set_bos_post_processor(tok, bos)
+    return _bundle(tok, bos, eos, pad, bool(add_bos), _template_name(Path(path).parent, config), path)
+
+
+def _bundle(tok, bos, eos, pad, add_bos, template, path) -> TokenizerBundle:
+    return TokenizerBundle(
+        tokenizer=tok,
+        bos_id=bos,
+        eos_id=eos,
+        pad_id=eos if pad is None else pad,
+        add_bos=add_bos,
+        vocab_size=tok.get_vocab_size(with_added_tokens=True),
+        chat_template=template,
+        source=str(path),
+    )
+
+
+# --- tokenizer_config.json and chat template -------------------------------------------------
+def _hf_tokenizer_config(directory: Path) -> dict:
+    """tokenizer_config.json merged over special_tokens_map.json; {} when neither exists."""
+    merged = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        f = directory / name
+        if f.is_file():
+            try:
+                merged.update(json.loads(f.read_text()))
+            except ValueError as e:
+                raise InputError(f"{f}: not valid JSON ({e}); fix or remove it") from None
+    return merged
+
+
+def _special_id(tok: Tokenizer, entry, fallbacks) -> int | None:
+    """Id of a special token given as text or {"content": text}, else of the first known fallback name."""
+    if isinstance(entry, dict):
+        entry = entry.get("content")
+    for name in ([entry] if entry else []) + list(fallbacks):
+        token_id = tok.token_to_id(name)
+        if token_id is not None:
+            return token_id
+    return None
+
+
+def chat_template_text(directory: Path, config: dict) -> str:
+    """The jinja chat template: tokenizer_config.json's, or chat_template.jinja/.json (transformers 5)."""
+    template = config.get("chat_template")
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    if template:
+        return template
+    if (directory / "chat_template.jinja").is_file():
+        return (directory / "chat_template.jinja").read_text()
+    if (directory / "chat_template.json").is_file():
+        return json.loads((directory / "chat_template.json").read_text()).get("chat_template", "")
+    return ""
+
+
+def detect_template(template: str) -> str:
+    """The manifest's ChatTemplate name for a jinja template, by the markers it renders."""
+    return next((name for marker, name in TEMPLATE_MARKERS if marker in template), "none")
+
+
+def _template_name(directory: Path, config: dict) -> str:
+    return detect_template(chat_template_text(directory, config))
+
+
+# --- entry points ----------------------------------------------------------------------------
+def default_tokenizer_path(model_dir: Path | None, vocab_size: int | None) -> Path:
+    """The tokenizer beside a model: tokenizer.json, tokenizer.model or llama2.c's tok<vocab>.bin."""
+    names = ["tokenizer.json", "tokenizer.model"] + ([f"tok{vocab_size}.bin"] if vocab_size else [])
+    for name in names if model_dir else []:
+        if (Path(model_dir) / name).is_file():
+            return Path(model_dir) / name
+    where = f"in {model_dir} " if model_dir else ""
+    raise InputError(f"no tokenizer found {where}(looked for {', '.join(names)}); pass --tokenizer PATH")
+
+
+def load_tokenizer(spec: str | None, model_dir: Path | None = None, vocab_size: int | None = None) -> TokenizerBundle:
+    """Read a tokenizer from a path (file or directory), or find the default one beside the model."""
+    path = Path(spec) if spec else default_tokenizer_path(model_dir, vocab_size)
+    if path.is_dir():
+        path = default_tokenizer_path(path, vocab_size)
+    if not path.is_file():
+        raise InputError(f"{path}: no such tokenizer file; pass a tokenizer.json, tokenizer.model or tok<vocab>.bin")
+    if path.suffix == ".json":
+        return from_tokenizer_json(path)
+    if path.suffix == ".model":
+        return from_sentencepiece(path)
+    if path.suffix == ".bin":
+        return from_llama2c(path)
+    raise InputError(f"{path}: unknown tokenizer format; pass a tokenizer.json, tokenizer.model or llama2.c tok<vocab>.bin")
+
+
+def save_tokenizer(bundle: TokenizerBundle, path: Path) -> Path:
+    """Write the bundle's tokenizer.json (file path, or a directory to put it in)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    bundle.tokenizer.save(str(path))
+    return path
+
+
+def check_vocab(bundle: TokenizerBundle, model_vocab_size: int, model_path) -> None:
+    """InputError unless every token id the tokenizer can produce has a row in the model."""
+    ids = (bundle.vocab_size - 1, bundle.bos_id, bundle.eos_id, bundle.pad_id)
+    # Embeddings are often padded past the tokenizer (e.g. to a multiple of 64); more is a mismatch.
+    if max(ids) >= model_vocab_size or model_vocab_size - bundle.vocab_size >= 256:
+        raise InputError(
+            f"tokenizer {bundle.source} has {bundle.vocab_size} tokens but model {model_path} has a vocabulary "
+            f"of {model_vocab_size}; pass the model's own tokenizer with --tokenizer"
+        )

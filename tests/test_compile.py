@@ -1,0 +1,413 @@
+"""host/atc.py + host/compile.py: the ATC command, runner selection, and the bundle update.
+
+ATC itself is not on these machines: the runner tests use tests/fake_bin/atc, a stand-in
+executable that validates its arguments like ATC and writes an .om holding them.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from board.manifest import (
+    CHAT_TEMPLATES, Arch, Graph, Manifest, Quantization, TensorSpec, Tokens, file_entries, load_manifest,
+    write_manifest,
+)
+from host.__main__ import main
+from host.atc import derive_atc_command, derive_input_shapes, resolve_soc
+from host.compile import (
+    BOARD_ATC_ENV, BoardRunner, CompileConfig, CompileError, DockerRunner, LocalRunner, ToolMissing, compile_bundle,
+    find_plugin, select_runner,
+)
+from host.errors import InputError
+from test_opcheck import tiny_llm_onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE_BIN = ROOT / "tests" / "fake_bin"
+VENV_BIN = Path(sys.executable).parent
+
+
+# --- bundles -------------------------------------------------------------------------------
+def make_manifest(layers, kv_heads, head_dim, kv_len, chunks, vocab=32000, hidden=2048, heads=32) -> Manifest:
+    kv = [layers, 2, 1, kv_heads, kv_len, head_dim]
+    return Manifest(
+        model={"name": "test", "source": "tests/test_compile.py"},
+        arch=Arch(layers, heads, kv_heads, head_dim, hidden, 4 * hidden, vocab, 10000.0, 1e-5, 2048),
+        graph=Graph(
+            kv_len=kv_len, kv_dtype="float32", prefill_chunks=list(chunks),
+            inputs=[TensorSpec("input_ids", "int64", [1, "S"]), TensorSpec("attention_mask", "int64", [1, "KV+S"]),
+                    TensorSpec("position_ids", "int64", [1, "S"]), TensorSpec("past_key_values", "float32", kv)],
+            outputs=[TensorSpec("logits", "float32", [1, "S", vocab]),
+                     TensorSpec("present_key_values", "float32", kv[:4] + ["S", head_dim])],
+        ),
+        quantization=Quantization(scheme="w8a8", dialect="s8s8"),
+        tokens=Tokens(bos_id=1, eos_id=2, pad_id=0),
+        chat_template=CHAT_TEMPLATES["none"],
+        files={},
+    )
+
+
+def make_bundle(tmp_path, dialect="s8s8", chunks=(1, 16)) -> Path:
+    """A stories260K-shaped bundle on disk (L 5, Hkv 4, D 8, KV 64) with a small W8A8 graph."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    tiny_llm_onnx(bundle / "model.onnx", layers=5, kv_heads=4, head_dim=8, kv_len=64, dialect=dialect)
+    (bundle / "tokenizer.json").write_text("{}")
+    m = make_manifest(5, 4, 8, 64, chunks, vocab=32, hidden=16, heads=8)
+    m = Manifest(**{**m.__dict__, "files": file_entries(bundle, ["model.onnx", "tokenizer.json"])})
+    write_manifest(bundle, m)
+    return bundle
+
+
+def snapshot(bundle: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(bundle.iterdir())}
+
+
+def install_fake_plugin(root: Path, marker=b"MatMulInteger") -> Path:
+    """A file where ATC looks for ONNX parser plugins, holding the op name as the real .so does."""
+    lib = root / "vendors" / "edge_llm" / "framework" / "onnx" / "libcust_onnx_parsers.so"
+    lib.parent.mkdir(parents=True)
+    lib.write_bytes(b"\x7fELF...ai.onnx::17::" + marker + b"\x00")
+    return lib
+
+
+@pytest.fixture
+def fake_atc_env(tmp_path, monkeypatch):
+    """PATH with the stand-in atc first (and this venv's python3 for its onnx), plugin installed."""
+    opp = tmp_path / "opp"
+    install_fake_plugin(opp)
+    monkeypatch.setenv("PATH", f"{FAKE_BIN}:{VENV_BIN}:/usr/bin:/bin")
+    monkeypatch.setenv("ASCEND_OPP_PATH", str(opp))
+    monkeypatch.delenv("ASCEND_CUSTOM_OPP_PATH", raising=False)
+    monkeypatch.delenv("FAKE_ATC_FAIL", raising=False)
+    return opp
+
+
+# --- command derivation --------------------------------------------------------------------
+def test_tinyllama_command_has_fixed_kv_and_one_gear_per_prefill_chunk():
+    m = make_manifest(layers=22, kv_heads=4, head_dim=64, kv_len=1024, chunks=[1, 16, 64])
+    cmd = derive_atc_command(m, "Ascend310B1", model="/b/model.onnx", output="/w/model")
+    assert cmd.argv == [
+        "atc",
+        "--model=/b/model.onnx",
+        "--framework=5",
+        "--output=/w/model",
+        "--input_format=ND",
+        "--input_shape=input_ids:1,-1;attention_mask:1,-1;position_ids:1,-1;past_key_values:22,2,1,4,1024,64",
+        "--dynamic_dims=1,1025,1;16,1040,16;64,1088,64",
+        "--soc_version=Ascend310B1",
+        "--precision_mode_v2=origin",
+        "--log=error",
+    ]
+    assert cmd.gears == [1, 16, 64]
+    assert "'--input_shape=input_ids:1,-1;" in cmd.shell()  # the semicolons are quoted for a shell
+
+
+def test_stories_shape_with_symbolic_kv_dims_and_unsorted_chunks():
+    m = make_manifest(layers=5, kv_heads=4, head_dim=8, kv_len=256, chunks=[32, 1, 8])
+    m.graph.inputs[3] = TensorSpec("past_key_values", "float32", ["L", 2, 1, "Hkv", "KV", "D"])
+    shape, dims, gears = derive_input_shapes(m)
+    assert shape == "input_ids:1,-1;attention_mask:1,-1;position_ids:1,-1;past_key_values:5,2,1,4,256,8"
+    assert dims == "1,257,1;8,264,8;32,288,32" and gears == [1, 8, 32]
+
+
+def test_decode_only_graph_compiles_with_static_shapes():
+    m = make_manifest(layers=5, kv_heads=4, head_dim=8, kv_len=256, chunks=[1])
+    cmd = derive_atc_command(m, "8T", model="m.onnx", output="out")
+    assert "--input_shape=input_ids:1,1;attention_mask:1,257;position_ids:1,1;past_key_values:5,2,1,4,256,8" in cmd.argv
+    assert not any(a.startswith("--dynamic_dims") for a in cmd.argv)
+    assert "--soc_version=Ascend310B4" in cmd.argv
+
+
+def test_board_models_map_to_socs_and_unknown_socs_say_which_is_which():
+    assert resolve_soc("20T") == "Ascend310B1" and resolve_soc("8T") == "Ascend310B4"
+    assert resolve_soc("ascend310b4") == "Ascend310B4"
+    with pytest.raises(InputError, match="20T boards are Ascend310B1, 8T boards are Ascend310B4"):
+        resolve_soc("Ascend310P3")
+
+
+def test_unknown_precision_mode_and_shape_symbol_are_input_errors():
+    m = make_manifest(5, 4, 8, 64, [1, 4])
+    with pytest.raises(InputError, match="precision-mode"):
+        derive_atc_command(m, "Ascend310B1", "m.onnx", "o", precision_mode="force_fp32")
+    m.graph.inputs[1] = TensorSpec("attention_mask", "int64", [1, "KV+T"])
+    with pytest.raises(InputError, match="unknown symbol 'T'"):
+        derive_input_shapes(m)
+
+
+# --- CLI: dry run and check-only -------------------------------------------------------------
+def test_dry_run_json_prints_the_command_and_op_check(tmp_path, capsys):
+    bundle = make_bundle(tmp_path)
+    before = snapshot(bundle)
+    rc = main(["compile", "--bundle", str(bundle), "--soc", "20T", "--dry-run", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and snapshot(bundle) == before
+    assert out["argv"][1] == f"--model={bundle.resolve() / 'model.onnx'}"
+    assert out["dynamic_dims"] == "1,65,1;16,80,16" and out["soc"] == "Ascend310B1" and out["board_model"] == "20T"
+    assert out["opcheck"]["needs_plugin"] == ["MatMulInteger"]
+
+
+def test_check_only_exits_1_on_the_u8u8_dialect(tmp_path, capsys):
+    bundle = make_bundle(tmp_path, dialect="u8u8")
+    rc = main(["compile", "--bundle", str(bundle), "--soc", "Ascend310B4", "--check-only"])
+    assert rc == 1 and "unsupported ai.onnx::MatMulInteger x1: node lm_head_q" in " ".join(capsys.readouterr().out.split())
+
+
+# --- the local runner through the stand-in atc ---------------------------------------------
+def test_local_runner_puts_model_om_in_the_bundle_with_verified_checksums(tmp_path, fake_atc_env, capsys):
+    bundle = make_bundle(tmp_path)
+    rc = main(["compile", "--bundle", str(bundle), "--soc", "Ascend310B1", "--runner", "local", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert rc == 0 and result["runner"] == "local"
+    m = load_manifest(bundle)  # verifies every file's size and sha256
+    assert m.graph.om == "model.om" and set(m.files) == {"model.onnx", "tokenizer.json", "model.om"}
+    om = (bundle / "model.om").read_bytes()
+    assert om.startswith(b"FAKE-OM") and b"--dynamic_dims=1,65,1;16,80,16" in om
+    assert m.files["model.om"].sha256 == hashlib.sha256(om).hexdigest() == result["sha256"]
+    assert not [p for p in bundle.iterdir() if p.name.startswith(".")]  # no staging leftovers
+
+
+def test_recompiling_replaces_the_om_and_its_checksum(tmp_path, fake_atc_env):
+    bundle = make_bundle(tmp_path)
+    first = compile_bundle(CompileConfig(bundle, "Ascend310B1", runner="local"))
+    second = compile_bundle(CompileConfig(bundle, "Ascend310B4", runner="local", precision_mode="fp16"))
+    assert first["sha256"] != second["sha256"]
+    assert load_manifest(bundle).files["model.om"].sha256 == second["sha256"]
+    assert b"--soc_version=Ascend310B4" in (bundle / "model.om").read_bytes()
+
+
+def test_missing_plugin_is_caught_before_atc_runs(tmp_path, fake_atc_env, monkeypatch, capsys):
+    bundle = make_bundle(tmp_path)
+    before = snapshot(bundle)
+    monkeypatch.setenv("ASCEND_OPP_PATH", str(tmp_path / "empty_opp"))
+    rc = main(["compile", "--bundle", str(bundle), "--soc", "Ascend310B1", "--runner", "local"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "E19010" in err and "docker/plugin/build.sh" in err
+    assert snapshot(bundle) == before
+
+
+def test_plugin_is_found_through_ascend_custom_opp_path(tmp_path):
+    lib = install_fake_plugin(tmp_path / "custom")
+    install_fake_plugin(tmp_path / "other", marker=b"SomethingElse")
+    env = {"ASCEND_CUSTOM_OPP_PATH": f"{tmp_path / 'other' / 'vendors' / 'edge_llm'}:{lib.parents[2]}"}
+    assert find_plugin(env) == lib
+    assert find_plugin({"ASCEND_CUSTOM_OPP_PATH": str(tmp_path / "other" / "vendors" / "edge_llm")}) is None
+
+
+@pytest.mark.parametrize("output, hint", [
+    ("E19010: No parser is registered for Op [x]", "install docker/plugin"),
+    ("Killed", "MAX_COMPILE_CORE_NUMBER=1 TE_PARALLEL_COMPILER=1"),
+    ("E10001: Value [Ascend310B1] for parameter [--soc_version] is invalid", "Ascend310B1 is for 20T boards"),
+])
+def test_atc_failures_are_explained_and_leave_the_bundle_untouched(tmp_path, fake_atc_env, monkeypatch, output, hint):
+    bundle = make_bundle(tmp_path)
+    before = snapshot(bundle)
+    monkeypatch.setenv("FAKE_ATC_FAIL", output)
+    with pytest.raises(CompileError) as e:
+        compile_bundle(CompileConfig(bundle, "Ascend310B1", runner="local"))
+    assert hint in str(e.value).splitlines()[0] and output in str(e.value)
+    assert snapshot(bundle) == before
+
+
+def test_manifest_inputs_that_disagree_with_the_graph_fail_before_atc(tmp_path, fake_atc_env):
+    bundle = make_bundle(tmp_path)
+    m = load_manifest(bundle)
+    m.graph.inputs[0] = TensorSpec("tokens", "int64", [1, "S"])
+    write_manifest(bundle, m)
+    with pytest.raises(InputError, match="do not match the manifest"):
+        compile_bundle(CompileConfig(bundle, "Ascend310B1", runner="local"))
+
+
+def test_unsupported_ops_stop_the_compile(tmp_path, fake_atc_env):
+    bundle = make_bundle(tmp_path, dialect="u8u8")
+    before = snapshot(bundle)
+    with pytest.raises(CompileError, match="ATC would reject this graph"):
+        compile_bundle(CompileConfig(bundle, "Ascend310B1", runner="local"))
+    assert snapshot(bundle) == before
+
+
+# --- runner selection with nothing installed -----------------------------------------------
+def test_auto_with_no_atc_and_no_docker_daemon_says_what_to_install(tmp_path, monkeypatch, capsys):
+    bundle = make_bundle(tmp_path)
+    before = snapshot(bundle)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    rc = main(["compile", "--bundle", str(bundle), "--soc", "Ascend310B1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "atc is not on PATH" in err and "no Docker daemon reachable" in err and "--runner board" in err
+    assert snapshot(bundle) == before
+
+
+def test_explicit_local_runner_without_atc_is_one_line(tmp_path, monkeypatch, capsys):
+    bundle = make_bundle(tmp_path)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    rc = main(["compile", "--bundle", str(bundle), "--soc", "Ascend310B1", "--runner", "local"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: atc is not on PATH") and len(err.strip().splitlines()) == 1
+
+
+def test_board_runner_needs_a_board_name(tmp_path, capsys):
+    bundle = make_bundle(tmp_path)
+    assert main(["compile", "--bundle", str(bundle), "--soc", "8T", "--runner", "board"]) == 2
+    assert "--board NAME" in capsys.readouterr().err
+
+
+# --- Docker runner: real SDK against no daemon; a stand-in client for the container call ----
+def test_docker_runner_with_no_daemon_names_the_fix(tmp_path, monkeypatch):
+    pytest.importorskip("docker", reason="Docker SDK not installed (pip install docker==7.1.0)")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    with pytest.raises(ToolMissing, match="no Docker daemon reachable.*start Docker"):
+        select_runner(CompileConfig(tmp_path, "Ascend310B1", runner="docker"))
+
+
+class StandInDockerClient:
+    """Test stand-in for docker.DockerClient: records the container call and plays ATC in /out."""
+
+    def __init__(self, images=("edge-llm/cann:8.0.0-310b",), exit_code=0):
+        self.calls, self.exit_code, self.present = [], exit_code, set(images)
+        self.images, self.containers = self, self
+
+    def ping(self):
+        return True
+
+    def get(self, tag):  # images.get
+        if tag not in self.present:
+            raise LookupError(tag)
+
+    def run(self, image, command, volumes, **kw):  # containers.run
+        self.calls.append({"image": image, "command": command, "volumes": volumes, **kw})
+        out = next(h for h, v in volumes.items() if v["bind"] == "/out")
+        if self.exit_code == 0:
+            Path(out, "model.om").write_bytes(b"OM from " + " ".join(command).encode())
+        return self
+
+    def wait(self):
+        return {"StatusCode": self.exit_code}
+
+    def logs(self):
+        return b"E19010: No parser is registered" if self.exit_code else b"ATC run success"
+
+    def remove(self, force=False):
+        self.removed = True
+
+
+def test_docker_runner_mounts_the_bundle_and_installs_the_om(tmp_path):
+    bundle = make_bundle(tmp_path)
+    client = StandInDockerClient()
+    runner = DockerRunner.connect("edge-llm/cann:8.0.0-310b", client_factory=lambda: client)
+    result = compile_bundle(CompileConfig(bundle, "Ascend310B4", runner="docker"), runner=runner)
+    (call,) = client.calls
+    assert call["command"][:2] == ["atc", "--model=/bundle/model.onnx"] and "--output=/out/model" in call["command"]
+    assert call["volumes"][str(bundle.resolve())] == {"bind": "/bundle", "mode": "ro"}
+    assert client.removed and result["runner"] == "docker"
+    assert load_manifest(bundle).files["model.om"].size == len((bundle / "model.om").read_bytes())
+
+
+def test_docker_runner_reports_a_missing_image_and_a_failed_atc(tmp_path):
+    with pytest.raises(ToolMissing, match="make docker-build"):
+        DockerRunner.connect("other:tag", client_factory=lambda: StandInDockerClient())
+    bundle = make_bundle(tmp_path)
+    before = snapshot(bundle)
+    runner = DockerRunner.connect("edge-llm/cann:8.0.0-310b", client_factory=lambda: StandInDockerClient(exit_code=1))
+    with pytest.raises(CompileError, match="E19010"):
+        compile_bundle(CompileConfig(bundle, "Ascend310B1", runner="docker"), runner=runner)
+    assert snapshot(bundle) == before
+
+
+# --- board runner: a stand-in shell that runs the "remote" commands on this machine ---------
+class LocalStandInShell:
+    """Test stand-in for a board connection: runs argv here (PATH has the stand-in atc), copies locally."""
+
+    def __init__(self, scratch_dir: Path):
+        self.commands, self.scratch_dir = [], scratch_dir
+
+    def run(self, argv, cwd=None):
+        self.commands.append(list(argv))
+        p = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+        return p.returncode, p.stdout + p.stderr
+
+    def put(self, local, remote):
+        shutil.copyfile(local, remote)
+
+    def get(self, remote, local):
+        shutil.copyfile(remote, local)
+
+    def scratch(self):
+        return str(self.scratch_dir)
+
+
+def test_board_runner_compiles_with_one_core_and_cleans_up(tmp_path, fake_atc_env):
+    bundle = make_bundle(tmp_path)
+    shell = LocalStandInShell(tmp_path / "remote")
+    runner = BoardRunner(open_shell=lambda: contextlib.nullcontext(shell), board="orangepi")
+    result = compile_bundle(CompileConfig(bundle, "20T", runner="board", board="orangepi"), runner=runner)
+    atc_argv = next(c for c in shell.commands if "atc" in c)
+    assert atc_argv[:4] == ["env", "MAX_COMPILE_CORE_NUMBER=1", "TE_PARALLEL_COMPILER=1", "atc"]
+    assert atc_argv[4:6] == ["--model=model.onnx", "--framework=5"] and "--output=model" in atc_argv
+    assert BOARD_ATC_ENV == {"MAX_COMPILE_CORE_NUMBER": "1", "TE_PARALLEL_COMPILER": "1"}
+    assert shell.commands[-1] == ["rm", "-rf", str(tmp_path / "remote")] and not (tmp_path / "remote").exists()
+    assert result["runner"] == "board" and load_manifest(bundle).graph.om == "model.om"
+
+
+def test_board_runner_failure_cleans_up_and_leaves_the_bundle(tmp_path, fake_atc_env, monkeypatch):
+    bundle = make_bundle(tmp_path)
+    before = snapshot(bundle)
+    monkeypatch.setenv("FAKE_ATC_FAIL", "Killed")
+    shell = LocalStandInShell(tmp_path / "remote")
+    runner = BoardRunner(open_shell=lambda: contextlib.nullcontext(shell), board="orangepi")
+    with pytest.raises(CompileError, match="out of memory"):
+        compile_bundle(CompileConfig(bundle, "Ascend310B1", runner="board", board="orangepi"), runner=runner)
+    assert snapshot(bundle) == before and not (tmp_path / "remote").exists()
+
+
+def test_board_soc_in_the_inventory_must_match(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("fabric", reason="deploy extras not installed")
+    inv = tmp_path / "inventory.yml"
+    inv.write_text("boards:\n  - {name: pi8, host: 10.0.0.8, user: u, key: /nonexistent, path: /opt/e, "
+                   "backend: acl, soc: Ascend310B4}\n")
+    monkeypatch.setenv("EDGE_LLM_INVENTORY", str(inv))
+    bundle = make_bundle(tmp_path)
+    rc = main(["compile", "--bundle", str(bundle), "--soc", "20T", "--runner", "board", "--board", "pi8"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "board pi8 is Ascend310B4 (8T) in the inventory but --soc is Ascend310B1 (20T)" in err
+
+
+def test_local_runner_find_uses_the_given_path(tmp_path):
+    assert LocalRunner.find({"PATH": str(FAKE_BIN)}).atc == str(FAKE_BIN / "atc")
+    with pytest.raises(ToolMissing):
+        LocalRunner.find({"PATH": str(tmp_path)})
+    assert os.access(FAKE_BIN / "atc", os.X_OK)
+    assert "TEST DOUBLE" in (FAKE_BIN / "atc").read_text().splitlines()[1]
+
+
+def test_unreachable_board_is_one_line_and_leaves_the_bundle(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("fabric", reason="deploy extras not installed")
+    inv = tmp_path / "inventory.yml"
+    inv.write_text("boards:\n  - {name: pi8, host: 10.0.0.8, user: u, key: /nonexistent/key, path: /opt/e, "
+                   "backend: acl, soc: Ascend310B4}\n")
+    monkeypatch.setenv("EDGE_LLM_INVENTORY", str(inv))
+    bundle = make_bundle(tmp_path)
+    before = snapshot(bundle)
+    rc = main(["compile", "--bundle", str(bundle), "--soc", "8T", "--runner", "board", "--board", "pi8"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: board pi8:") and "/nonexistent/key" in err
+    assert len(err.strip().splitlines()) == 1 and snapshot(bundle) == before
+
+
+def test_real_ascend_bundle_compiles_through_the_stand_in_atc(tmp_path, fake_atc_env):
+    bundles = pytest.importorskip("bundles", reason="tests/bundles.py (host pipeline helpers) not available")
+    bundle = bundles.build_test_bundle(tmp_path / "b", quant="w8a8", target="ascend")
+    result = compile_bundle(CompileConfig(bundle, "Ascend310B1", runner="local"))
+    assert result["input_shape"] == "input_ids:1,-1;attention_mask:1,-1;position_ids:1,-1;past_key_values:2,2,1,2,64,16"
+    assert result["dynamic_dims"] == "1,65,1;8,72,8;16,80,16"
+    m = load_manifest(bundle)
+    assert m.graph.om == "model.om" and m.files["model.om"].sha256 == result["sha256"]
+    assert {"model.onnx", "tokenizer.json", "report.json", "model.om"} <= set(m.files)
