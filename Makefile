@@ -15,6 +15,9 @@ TARGET    ?= ort
 BUNDLE    ?= bundles/model
 SOC       ?= Ascend310B1
 BOARD     ?=
+RUNNER    ?= auto
+CANN_IMAGE  ?= edge-llm/cann:8.0.0-310b
+KERNELS_RUN ?= Ascend-cann-kernels-310b_8.0.0_linux-x86_64.run
 PROMPT    ?= Once upon a time
 BOARD_OPT  = $(if $(BOARD),--board $(BOARD),)
 SMOOTH_OPT = $(if $(SMOOTH),--smooth $(SMOOTH),)
@@ -40,7 +43,14 @@ build: setup
 	    --quant $(QUANT) $(SMOOTH_OPT) --kv-len $(KV_LEN) --target $(TARGET) --out $(BUNDLE)
 
 om: setup
-	$(VPY) -m host compile --bundle $(BUNDLE) --soc $(SOC)
+	$(VPY) -m host compile --bundle $(BUNDLE) --soc $(SOC) --runner $(RUNNER) $(BOARD_OPT)
+
+docker-build:
+	docker build -f docker/cann.Dockerfile -t $(CANN_IMAGE) --build-arg KERNELS_RUN=$(KERNELS_RUN) docker/
+	docker build -f docker/host.Dockerfile -t edge-llm/host .
+
+lint: setup
+	$(VENV)/bin/hadolint docker/cann.Dockerfile docker/host.Dockerfile
 
 deploy: setup
 	$(VENV)/bin/fab deploy --bundle $(BUNDLE) $(BOARD_OPT)

@@ -23,6 +23,8 @@ def _add_bundle(p, runtime: bool = True) -> None:
         p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "acl"],
                        help="auto: acl when the bundle has model.om and pyACL imports, else onnxruntime")
         p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+        p.add_argument("--no-spin", action="store_true",
+                       help="onnxruntime threads sleep between ops (better when other processes share the cores)")
         p.add_argument("--device", type=int, default=0, help="Ascend device id (acl backend)")
         p.add_argument("--sink", type=int, default=DEFAULT_SINK, help="first tokens never evicted from the KV cache")
         p.add_argument("--no-verify", action="store_true", help="skip the sha256 pass over the bundle's files")
@@ -51,7 +53,7 @@ def _generate_config(args, bundle: Bundle) -> GenerateConfig:
 def _engine(args, bundle: Bundle):
     from board.backends import open_backend
 
-    backend = open_backend(bundle, args.backend, threads=args.threads, device_id=args.device)
+    backend = open_backend(bundle, args.backend, threads=args.threads, device_id=args.device, spin=not args.no_spin)
     return backend, Engine(backend, bundle.manifest, sink=args.sink)
 
 
@@ -124,7 +126,7 @@ def _run_bench(args) -> int:
     graph_files = [m.graph.om] if backend.name == "acl" else [m.graph.onnx, m.graph.onnx + ".data"]
     weights = sum(m.files[name].size for name in graph_files if name in m.files)
     result.update(model=m.model.get("name"), quantization=m.quantization.scheme, threads=args.threads,
-                  weights_mb=weights / 2**20)
+                  spin=not args.no_spin, weights_mb=weights / 2**20)
     if args.json:
         _emit(result)
     else:
@@ -216,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (BundleError, BoardError, ValueError) as e:
+    except (BundleError, BoardError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -20,7 +20,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def bench(engine: Engine, vocab_size: int, prompt_tokens: int, new_tokens: int, repeats: int = 3, seed: int = 0) -> dict:
+def bench(
+    engine: Engine, vocab_size: int, prompt_tokens: int, new_tokens: int, repeats: int = 3, seed: int = 0
+) -> dict:
     """Time a prompt of random ids, then decode steps that feed back the argmax (token values do not change speed)."""
     if prompt_tokens < 1 or new_tokens < 1:
         raise BoardError("--prompt-tokens and --new-tokens must be >= 1")
@@ -32,7 +34,7 @@ def bench(engine: Engine, vocab_size: int, prompt_tokens: int, new_tokens: int, 
     prompt = rng.integers(3, vocab_size, size=prompt_tokens).tolist()
 
     engine.reset()
-    engine.feed(prompt[: min(prompt_tokens, 8)])  # warm-up: first runs allocate and plan
+    engine.feed(prompt)  # warm-up: the first run of each chunk shape allocates and plans
     engine.feed([prompt[0]])
 
     prefill = []

@@ -27,7 +27,7 @@ class ChatSession:
     rng: np.random.Generator
     system: str = ""
     turns: list = field(default_factory=list)  # [(user, answer)]
-    rebuilds: int = 0  # times the history was re-encoded (position range exhausted)
+    rebuilds: int = 0  # times the history was re-encoded (position range exhausted, or interrupted prefill)
     _unfed: list = field(default_factory=list)
     _dirty: bool = False  # the cache holds a half-fed prompt (interrupted prefill)
 
@@ -37,7 +37,9 @@ class ChatSession:
 
     def ask(self, user: str, on_text=None) -> GenerationResult:
         """Answer one user message, streaming text to on_text; the turn is kept in the history."""
-        if self.turns and not self._dirty:
+        if self._dirty:
+            ids = self._rebuild(user)
+        elif self.turns:
             ids = self._unfed + self.tokenizer.encode(render_followup(self.template, user))
         else:
             self.engine.reset()
@@ -64,8 +66,9 @@ class ChatSession:
             if len(ids) <= budget:
                 break
         self.turns = self.turns[start:]
-        # a single over-long message still goes in: the cache evicts its middle, keeping sink + recent
-        return ids[-min(len(ids), self.engine.positions_left - self.cfg.max_new_tokens) :]
+        # a single over-long message still goes in (its end): the cache evicts as it prefills
+        keep = max(1, min(len(ids), self.engine.positions_left - self.cfg.max_new_tokens))
+        return ids[len(ids) - keep :]
 
 
 HELP = "/reset clears the conversation, /exit (or Ctrl-D) quits; Ctrl-C stops the current answer"

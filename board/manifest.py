@@ -229,5 +229,6 @@ def write_manifest(bundle_dir: Path, manifest: Manifest) -> Path:
     with os.fdopen(fd, "w") as f:
         json.dump(manifest.to_dict(), f, indent=2)
         f.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; a bundle is read by other users (the board's)
     os.replace(tmp, bundle_dir / MANIFEST_NAME)
     return bundle_dir / MANIFEST_NAME

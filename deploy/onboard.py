@@ -150,9 +150,13 @@ def op_activate(args):
     root, release_id = args["root"], args["id"]
     final = os.path.join(_releases_dir(root), release_id)
     if args.get("incoming"):
-        if os.path.isdir(final):  # a damaged copy of the same content: replace it
-            shutil.rmtree(final)
+        damaged = None
+        if os.path.isdir(final):  # a damaged copy of the same content: swap it out, then delete it
+            damaged = final + ".damaged-" + uuid.uuid4().hex[:8]
+            os.rename(final, damaged)
         os.rename(args["incoming"], final)
+        if damaged:
+            shutil.rmtree(damaged, ignore_errors=True)
     record = dict(args["record"], id=release_id, deployed_at=time.time())
     _write_json(os.path.join(final, RELEASE_RECORD), record)
     previous = _current_id(root)
@@ -202,6 +206,112 @@ def op_status(args):
                 out["bundle"] = r.get("bundle")
                 out["deployed_at"] = r.get("deployed_at")
     return out
+
+
+def _module(name):
+    """Version of an importable module, or the reason it does not import."""
+    try:
+        module = __import__(name)
+    except Exception as e:  # noqa: BLE001 - any import failure is the answer
+        return {"ok": False, "error": "%s: %s" % (type(e).__name__, e)}
+    return {"ok": True, "version": getattr(module, "__version__", None)}
+
+
+def _npu(timeout):
+    """`npu-smi info`: whether it runs and which chip (310B1 / 310B4) it names."""
+    import re
+    import subprocess
+
+    path = shutil.which("npu-smi")
+    if not path:
+        return {"found": False}
+    try:
+        p = subprocess.run([path, "info"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return {"found": True, "ok": False, "error": str(e)}
+    text = p.stdout.decode("utf-8", "replace")
+    chip = re.search(r"\b(310B\d)\b", text)
+    return {"found": True, "ok": p.returncode == 0, "chip": chip and "Ascend" + chip.group(1),
+            "error": None if p.returncode == 0 else text.strip().splitlines()[-1:]}
+
+
+def _plugin(vendor):
+    """Where the custom op plugin is installed, if anywhere ATC looks."""
+    places = [p for p in os.environ.get("ASCEND_CUSTOM_OPP_PATH", "").split(":") if p]
+    if os.environ.get("ASCEND_OPP_PATH"):
+        places.append(os.path.join(os.environ["ASCEND_OPP_PATH"], "vendors", vendor))
+    for place in places:
+        for dirpath, _, names in os.walk(place):
+            if any(n.endswith(".so") for n in names):
+                return {"found": True, "path": place}
+    return {"found": False, "searched": places}
+
+
+def op_probe(args):
+    """What the board offers to board code: arch, python, modules, CANN, NPU, memory, disk."""
+    import platform
+
+    root = args["root"]
+    candidates = [os.path.expanduser(p) for p in args["cann_candidates"]]
+    return {
+        "machine": platform.machine(),
+        "python": list(sys.version_info[:3]),
+        "executable": sys.executable,
+        "modules": {m: _module(m) for m in args["modules"]},
+        "cann_scripts": [p for p in candidates if os.path.isfile(p)],
+        "cann_env": {k: os.environ.get(k) for k in ("ASCEND_TOOLKIT_HOME", "ASCEND_HOME_PATH", "ASCEND_OPP_PATH")},
+        "env_sh": os.path.isfile(os.path.join(root, "env.sh")),
+        "npu": _npu(args.get("npu_timeout", 15)),
+        "plugin": _plugin(args["vendor"]),
+        "mem_available": _mem_available(),
+        "free_disk": _free(root),
+        "current": _current_id(root),
+        "releases": _records(root),
+    }
+
+
+def op_mkdirs(args):
+    """Create directories; report which were new."""
+    made = [d for d in args["dirs"] if not os.path.isdir(d)]
+    for d in args["dirs"]:
+        os.makedirs(d, exist_ok=True)
+    return {"made": made}
+
+
+def op_hashes(args):
+    """sha256 of each named file under dir (None when absent)."""
+    out = {}
+    for name in args["names"]:
+        path = os.path.join(args["dir"], name)
+        out[name] = _sha256(path) if os.path.isfile(path) else None
+    return out
+
+
+def op_write_text(args):
+    """Write a text file atomically unless it already holds exactly that text."""
+    path = args["path"]
+    if os.path.isfile(path):
+        with open(path) as f:
+            if f.read() == args["text"]:
+                return {"changed": False}
+    tmp = path + ".tmp-" + uuid.uuid4().hex[:8]
+    with open(tmp, "w") as f:
+        f.write(args["text"])
+    os.replace(tmp, path)
+    return {"changed": True}
+
+
+def op_pins(args):
+    """Installed version of each pinned distribution (None when not installed)."""
+    from importlib import metadata
+
+    out = {}
+    for name in args["pins"]:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return {"installed": out, "executable": sys.executable}
 
 
 OPS = {name[3:]: fn for name, fn in globals().items() if name.startswith("op_")}

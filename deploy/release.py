@@ -45,8 +45,15 @@ class Payload:
                 "kv_len": m.graph.kv_len,
                 "om": m.graph.om,
                 "bytes": sum(self.size(n) for n in self.files),
+                "graph_bytes": graph_bytes(m),
             },
         }
+
+
+def graph_bytes(m: Manifest) -> dict:
+    """Bytes of the weights each backend loads: onnx (+ external data) and om."""
+    onnx = sum(m.files[n].size for n in (m.graph.onnx, m.graph.onnx + ".data") if n in m.files)
+    return {"onnx": onnx, "om": m.files[m.graph.om].size if m.graph.om in m.files else 0}
 
 
 @dataclass(frozen=True)
@@ -74,10 +81,10 @@ def _board_code() -> dict:
     }
 
 
-def collect(bundle_dir: Path) -> Payload:
+def collect(bundle_dir: Path, verify: bool = True) -> Payload:
     """Verify the local bundle and gather it with board/; BundleError when it is corrupt."""
     bundle_dir = Path(bundle_dir)
-    manifest = load_manifest(bundle_dir, verify=True)
+    manifest = load_manifest(bundle_dir, verify=verify)
     files, sha = {MANIFEST_NAME: bundle_dir / MANIFEST_NAME}, {}
     for name, entry in manifest.files.items():
         parts = PurePosixPath(name).parts

@@ -93,7 +93,7 @@ class Remote:
         return line + "exec " + " ".join(q(a) for a in argv)
 
     # -- running -------------------------------------------------------------------------
-    def run(self, argv: list[str], *, pty: bool = False, hide: bool = True, **kw) -> Result:
+    def run(self, argv: list[str], *, pty: bool = False, hide: bool | str = True, **kw) -> Result:
         """Run argv on the board (see `command`); never raises on a non-zero exit."""
         r = self.conn.run(self.command(argv, **kw), pty=pty, hide=hide, warn=True, in_stream=False if not pty else None)
         return Result(r.exited, r.stdout, r.stderr)
@@ -102,14 +102,17 @@ class Remote:
         """Run the board's python (venv when present) with args."""
         return self.run(args, python=True, **kw)
 
-    def board_cli(self, args: list[str], *, pty: bool = False, hide: bool = True) -> Result:
+    def board_cli(self, args: list[str], *, pty: bool = False, hide: bool | str = True) -> Result:
         """`python -m board ARGS` from the current release, so its `board/` package is imported."""
         current = self.path("current")
         return self.python(["-m", "board", *args], cwd=current, pty=pty, hide=hide)
 
-    def onboard(self, op: str, **args) -> dict:
-        """Run one deploy.onboard operation on the board; DeployError with its message on refusal."""
-        r = self.run(["-c", ONBOARD_SOURCE, op, json.dumps(args)], python=True, venv=False, env=False)
+    def onboard(self, op: str, runtime: bool = False, **args) -> dict:
+        """Run one deploy.onboard operation on the board; DeployError with its message on refusal.
+
+        runtime=True runs it as board code runs (venv python, CANN environment), e.g. to probe imports.
+        """
+        r = self.run(["-c", ONBOARD_SOURCE, op, json.dumps(args)], python=True, venv=runtime, env=runtime)
         last = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
         try:
             reply = json.loads(last)
@@ -134,6 +137,18 @@ class Remote:
     @property
     def sftp(self) -> paramiko.SFTPClient:
         return self.conn.sftp()
+
+
+def env_script(cann_script: str | None, plugin_dir: str | None) -> str:
+    """<root>/env.sh: what `fab setup` found, sourced before every board command."""
+    lines = ["# Written by `fab setup`; sourced before every board command (deploy/remote.py)."]
+    if cann_script:
+        lines.append(f". {q(cann_script)}")
+    else:
+        lines.append("# No CANN set_env.sh was found on this board at setup time.")
+    if plugin_dir:
+        lines.append(f'export ASCEND_CUSTOM_OPP_PATH={q(plugin_dir)}${{ASCEND_CUSTOM_OPP_PATH:+:$ASCEND_CUSTOM_OPP_PATH}}')
+    return "\n".join(lines) + "\n"
 
 
 class BoardRefused(DeployError):

@@ -12,20 +12,20 @@ def _need_release(remote: Remote) -> None:
         raise DeployError(remote.board.name, f"no release deployed under {remote.root}; run `fab deploy --bundle DIR` first")
 
 
-def _checked(remote: Remote, args: list[str], what: str) -> str:
-    """stdout of `python -m board ARGS`; DeployError with the board CLI's last error line."""
+def _checked(remote: Remote, args: list[str], what: str, stream: bool = False) -> str:
+    """stdout of `python -m board ARGS` (shown as it comes when stream); DeployError with its last error line."""
     _need_release(remote)
-    r = remote.board_cli([*args, "--bundle", remote.path("current")])
+    r = remote.board_cli([*args, "--bundle", remote.path("current")], hide="stderr" if stream else True)
     if r.exited != 0:
         why = (r.stderr.strip().splitlines() or [f"exit status {r.exited}"])[-1]
         raise DeployError(remote.board.name, f"{what} failed on the board: {why}")
     return r.stdout
 
 
-def generate(remote: Remote, prompt: str, max_new_tokens: int, greedy: bool = False) -> str:
-    """The text the board's model generates for one prompt."""
+def generate(remote: Remote, prompt: str, max_new_tokens: int, greedy: bool = False, stream: bool = False) -> str:
+    """The text the board's model generates for one prompt (streamed to stdout when stream)."""
     args = ["generate", "--prompt", prompt, "--max-new-tokens", str(max_new_tokens)]
-    return _checked(remote, args + (["--greedy"] if greedy else []), "generate")
+    return _checked(remote, args + (["--greedy"] if greedy else []), "generate", stream)
 
 
 def bench(remote: Remote, prompt_tokens: int, new_tokens: int) -> dict:

@@ -54,7 +54,7 @@ def _run_build(args) -> int:
         "quant": result.manifest.quantization.scheme,
         "dialect": result.manifest.quantization.dialect,
         "files": {name: entry.size for name, entry in result.manifest.files.items()},
-        "max_rel_logit_err": verification["parity"]["max_rel_err"],
+        "parity": verification["parity"]["check"],
         "perplexity": verification["perplexity"],
         "greedy_common_prefix": verification["greedy"]["common_prefix"],
         "seconds": result.report["timings_s"],

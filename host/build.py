@@ -87,9 +87,9 @@ class BuildResult:
 
 
 @contextmanager
-def stage(name: str, timings: dict):
+def stage(name: str, timings: dict, detail: str = ""):
     """Time a pipeline stage and print one progress line for it on stderr."""
-    print(f"build: {name} ...", file=sys.stderr, flush=True)
+    print(f"build: {name}{f' ({detail})' if detail else ''} ...", file=sys.stderr, flush=True)
     start = time.perf_counter()
     yield
     timings[name] = round(time.perf_counter() - start, 3)
@@ -141,7 +141,7 @@ def build_from_model(hf_model, tok, text: str, config: BuildConfig, info: dict, 
     ids = tok.tokenizer.encode(text, add_special_tokens=False).ids
     split = split_text(ids, tok.bos_id, config.calib_seq_len, config.calib_samples, config.eval_tokens)
 
-    with stage(f"calibrate ({len(split.calib)} samples)", timings):
+    with stage("calibrate", timings, f"{len(split.calib)} samples of {config.calib_seq_len} tokens"):
         absmax = collect_input_absmax(reference, split.calib)
     quant = Quantization()
     graph_model = reference
@@ -162,7 +162,7 @@ def build_from_model(hf_model, tok, text: str, config: BuildConfig, info: dict, 
         with stage("export", timings):
             exported = export_onnx(graph_model, stage_dir, config.kv_len)
         tok.tokenizer.save(str(stage_dir / TOKENIZER_NAME))
-        with stage(f"verify ({len(split.heldout)} held-out chunks)", timings):
+        with stage("verify", timings, f"onnxruntime vs PyTorch; perplexity on {len(split.heldout)} held-out chunks"):
             verification = verify_graph(
                 stage_dir / exported.files[0],
                 graph_model,

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ContextManager, Protocol
 
-from board.manifest import BundleError, load_manifest, sha256_file, write_manifest, FileEntry, Manifest
+import onnx
+
+from board.manifest import BundleError, FileEntry, Manifest, load_manifest, sha256_file, write_manifest
 from host.atc import BOARD_BY_SOC, DEFAULT_PRECISION, AtcCommand, derive_atc_command, resolve_soc, soc_hint
 from host.errors import BuildError, InputError
 from host.opcheck import OpReport, check_model
@@ -327,21 +329,35 @@ def select_runner(config: CompileConfig, env: dict | None = None, docker_factory
 
 # --- bundle update -----------------------------------------------------------------------
 def install_om(bundle: Path, manifest: Manifest, om: Path) -> Manifest:
-    """Put `om` into the bundle as model.om and record it (graph.om, size, sha256) in the manifest."""
+    """Put `om` into the bundle as model.om and record it (graph.om, size, sha256) in the manifest.
+
+    On any failure the previous model.om (if any) and manifest are put back, so the bundle
+    stays as it was; readers may see a missing model.om only for the instant of the swap.
+    """
     bundle = Path(bundle)
-    staged = bundle / f".{OM_NAME}.{uuid.uuid4().hex[:8]}.tmp"
+    target, tag = bundle / OM_NAME, uuid.uuid4().hex[:8]
+    staged, backup = bundle / f".{OM_NAME}.{tag}.new", bundle / f".{OM_NAME}.{tag}.old"
     try:
         shutil.copyfile(om, staged)
         entry = FileEntry(size=staged.stat().st_size, sha256=sha256_file(staged))
         files = {k: v for k, v in manifest.files.items() if k != OM_NAME}
         files[OM_NAME] = entry
         updated = dataclasses.replace(manifest, graph=dataclasses.replace(manifest.graph, om=OM_NAME), files=files)
-        # Renames back to back: a reader sees the old pair or the new pair, except for the
-        # instant between them, when the board's checksum pass would refuse the bundle.
-        os.replace(staged, bundle / OM_NAME)
+        had_old = target.exists()
+        if had_old:
+            os.replace(target, backup)
+        try:
+            os.replace(staged, target)
+            write_manifest(bundle, updated)
+        except BaseException:
+            if had_old:
+                os.replace(backup, target)
+            else:
+                target.unlink(missing_ok=True)
+            raise
     finally:
         staged.unlink(missing_ok=True)
-    write_manifest(bundle, updated)
+        backup.unlink(missing_ok=True)
     return updated
 
 
@@ -371,8 +387,6 @@ def command_for(config: CompileConfig, manifest: Manifest, runner: Runner | None
 
 def check_graph_inputs(onnx_path: Path, manifest: Manifest) -> None:
     """The manifest's input names and ranks must be the ONNX graph's, or ATC rejects the shapes."""
-    import onnx
-
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     initializers = {t.name for t in graph.initializer}
     actual = {i.name: len(i.type.tensor_type.shape.dim) for i in graph.input if i.name not in initializers}
@@ -396,7 +410,10 @@ def compile_bundle(config: CompileConfig, runner: Runner | None = None, log=sys.
         command = command_for(config, manifest, runner, Path(tmp))
         print(f"compile: {runner.name}: {command.shell()}", file=log)
         om = runner.run(command, bundle, Path(tmp))
-        updated = install_om(bundle, manifest, om)
+        try:
+            updated = install_om(bundle, manifest, om)
+        except OSError as e:
+            raise CompileError(f"cannot write {OM_NAME} into {bundle} ({e.strerror or e}); the bundle is as it was") from None
     entry = updated.files[OM_NAME]
     return {"bundle": str(bundle), "om": OM_NAME, "size": entry.size, "sha256": entry.sha256,
             "runner": runner.name, **command.to_dict(), "opcheck": report.to_dict()}

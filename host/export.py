@@ -53,6 +53,18 @@ def graph_specs(model: EdgeLlama, kv_len: int) -> tuple[list[TensorSpec], list[T
     return inputs, outputs
 
 
+def _set_io_shapes(proto, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
+    """Write the manifest's shapes onto the graph's inputs/outputs (the tracer leaves some output dims unnamed)."""
+    specs = {t.name: t for t in inputs + outputs}
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        for dim, size in zip(dims, specs[value.name].shape):
+            if isinstance(size, int):
+                dim.dim_value = size
+            else:
+                dim.dim_param = size
+
+
 def example_inputs(model: EdgeLlama, kv_len: int, seq: int = 2) -> tuple[torch.Tensor, ...]:
     """Tracing inputs: `seq` new tokens after `kv_len` empty slots (S > 1 so nothing specializes on 1)."""
     ids = torch.zeros(1, seq, dtype=torch.long)
@@ -88,6 +100,7 @@ def export_onnx(model: EdgeLlama, out_dir: Path, kv_len: int, name: str = "model
             )
         gc.collect()
         proto = onnx.load(str(raw))  # pulls in any external tensors the exporter split out
+    _set_io_shapes(proto, *graph_specs(model, kv_len))
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset != OPSET:
         raise BuildError(f"exported graph has opset {opset}, expected {OPSET}")

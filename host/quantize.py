@@ -3,8 +3,8 @@
 
 `W8A8Linear.from_float(linear, ...)` is the one way to swap an nn.Linear. Its forward computes
 exactly what the exported ONNX computes: the same float32 ops to quantize the activation, an
-integer matmul (done in float64, where every partial sum of int8 products is an exact integer),
-and the same float32 rescale. Under `torch.onnx.export` the integer matmul becomes a single
+exact integer matmul (torch's int8 kernel, or float64, where every partial sum of int8
+products is an exact integer), and the same float32 rescale. Under `torch.onnx.export` the integer matmul becomes a single
 `MatMulInteger` node through `IntegerMatMul.symbolic`.
 
 Two graph dialects carry the same integers:
@@ -56,16 +56,24 @@ def quantize_activation_per_token_absmax(x: torch.Tensor) -> tuple[torch.Tensor,
     return quantize_activation(x, scale).to(torch.int8), scale
 
 
+def _as_int8(codes: torch.Tensor, zero_point: int) -> torch.Tensor:
+    return (codes.to(torch.int16) - zero_point).to(torch.int8)
+
+
 class IntegerMatMul(torch.autograd.Function):
     """a [...,K] x b [K,N] of integer codes (int8, or uint8 with zero point) -> int32; ONNX MatMulInteger."""
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, b: torch.Tensor, zero_point: int) -> torch.Tensor:
-        # float64 holds every partial sum exactly: |sum| <= 127*127*K < 2^53 for any real K.
-        a, b = a.to(torch.float64), b.to(torch.float64)
-        if zero_point:  # (a "- 0" node would trip the TorchScript exporter's peephole pass)
-            a, b = a - zero_point, b - zero_point
-        return torch.matmul(a, b).to(torch.int32)
+        if zero_point:  # uint8 codes q+128 -> the int8 codes q they stand for (exact: q is in -127..127)
+            a, b = _as_int8(a, zero_point), _as_int8(b, zero_point)
+        flat = a.reshape(-1, a.shape[-1])
+        try:
+            out = torch._int_mm(flat, b)  # int8 x int8 -> int32 accumulate, like MatMulInteger
+        except (AttributeError, RuntimeError):  # no int8 kernel in this torch build:
+            # float64 holds every partial sum exactly, |sum| <= 127*127*K < 2^53
+            out = torch.matmul(flat.to(torch.float64), b.to(torch.float64)).to(torch.int32)
+        return out.reshape(*a.shape[:-1], b.shape[-1])
 
     @staticmethod
     def symbolic(g, a, b, zero_point: int):

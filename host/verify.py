@@ -8,12 +8,16 @@ Measures, through the board's own fixed-KV protocol (slots filled in order, mask
 - perplexity of the fp32 reference and of the ONNX graph on the held-out text.
 A parity error beyond tolerance (or a non-finite logit) means a broken export: BuildError.
 
-Tolerances are relative to the largest |logit| of the reference. The fp32 graph differs from
-PyTorch only by float summation order (~1e-6 relative; 1e-4 leaves two decades of margin).
-The W8A8 graph computes the same integers as W8A8Linear, but a last-bit float difference
-before an activation quantizer can move a value across a rounding boundary, changing one int8
-code by 1 (a step of max|x|/127 in one element); measured effects stay below 1e-3 relative.
-A broken export (wrong layout, zero point or scale) is off by tens of percent.
+Checks (a broken export, e.g. a wrong layout, zero point or scale, is off by tens of percent):
+- fp32 graph: max |ONNX - PyTorch| <= 1e-4 x max |logit|. The two differ only by float
+  summation order (measured ~1e-6 relative), so this leaves two decades of margin.
+- W8A8 graph: max |ONNX - fp32| <= 2 x max |PyTorch W8A8 - fp32| (+ the fp32 margin). Each
+  quantized layer is bit-exact (tests/test_quantize.py), but a last-bit float difference
+  elsewhere (e.g. onnxruntime's fused RMSNorm) can move an activation across a rounding
+  boundary; the changed code perturbs everything after it (later tokens attend to its keys),
+  and the graph ends up as a second, equally good quantization-noise realization rather than
+  a bit-exact copy (measured on stories260K: ONNX vs twin ~0.4 where twin vs fp32 is ~0.5).
+  So the ONNX must be as close to the fp32 model as the PyTorch W8A8 modules are.
 """
 from __future__ import annotations
 
@@ -30,7 +34,8 @@ from host.calibrate import run_prefill
 from host.errors import BuildError
 from host.model import EdgeLlama
 
-TOLERANCE = {"none": 1e-4, "w8a8": 1e-2}
+FP32_TOLERANCE = 1e-4  # relative to max |logit|
+W8A8_FACTOR = 2.0  # the ONNX W8A8 error may be at most this multiple of the PyTorch W8A8 error
 DECODE_STEPS = 4
 GREEDY_PROMPT = 8
 GREEDY_TOKENS = 24
@@ -43,6 +48,8 @@ def ort_session(onnx_path: Path, threads: int = 0):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    # no busy-waiting between runs: its threads would otherwise spin against torch's in this process
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
 
@@ -122,21 +129,47 @@ class VerifyConfig:
     decode_steps: int = DECODE_STEPS
 
 
-def _parity(step_a, step_b, cache, tokens: list[int], prefill: int) -> dict:
-    a, b = FixedKVRunner(step_a, cache), FixedKVRunner(step_b, cache)
-    la, lb = a.feed(tokens[:prefill]), b.feed(tokens[:prefill])
-    result = {"prefill_tokens": prefill, "prefill_max_abs_err": float(np.abs(la - lb).max())}
-    scale = float(np.abs(lb).max())
-    decode = []
-    for t in tokens[prefill:]:
-        la, lb = a.feed([t]), b.feed([t])
-        decode.append(float(np.abs(la - lb).max()))
-        scale = max(scale, float(np.abs(lb).max()))
-    result.update(decode_steps=len(decode), decode_max_abs_err=max(decode, default=0.0), logit_absmax=scale)
-    worst = max(result["prefill_max_abs_err"], result["decode_max_abs_err"])
-    result["max_rel_err"] = worst / max(scale, 1e-12)
-    result["finite"] = bool(np.isfinite(la).all() and np.isfinite(lb).all())
+def _parity(steps: dict, cache: np.ndarray, tokens: list[int], prefill: int) -> dict:
+    """Max |logit difference| between every pair of step functions over one prefill and decode steps."""
+    runners = {name: FixedKVRunner(step, cache) for name, step in steps.items()}
+    chunks = [tokens[:prefill]] + [[t] for t in tokens[prefill:]]
+    logits = {name: [r.feed(c) for c in chunks] for name, r in runners.items()}
+    names = list(steps)
+    result = {"prefill_tokens": prefill, "decode_steps": len(chunks) - 1}
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            diffs = [float(np.abs(x - y).max()) for x, y in zip(logits[a], logits[b])]
+            result[f"{a}_vs_{b}"] = {"prefill_max_abs": diffs[0], "decode_max_abs": max(diffs[1:], default=0.0)}
+    last = names[-1]
+    result["logit_absmax"] = max(float(np.abs(x).max()) for x in logits[last])
+    result["finite"] = all(bool(np.isfinite(x).all()) for ls in logits.values() for x in ls)
     return result
+
+
+def _worst(pair: dict) -> float:
+    return max(pair["prefill_max_abs"], pair["decode_max_abs"])
+
+
+def check_parity(parity: dict, quant: str, where: Path) -> None:
+    """BuildError unless the ONNX graph computes what its PyTorch twin computes (see module docstring)."""
+    scale = max(parity["logit_absmax"], 1e-12)
+    if not parity["finite"]:
+        raise BuildError(f"{where}: non-finite logits; the export is broken")
+    if quant == "none":
+        rel = _worst(parity["onnx_vs_twin"]) / scale
+        parity["check"] = f"max|onnx - torch| / max|logit| = {rel:.3g} <= {FP32_TOLERANCE}"
+        if rel > FP32_TOLERANCE:
+            raise BuildError(f"{where}: ONNX logits differ from PyTorch by {rel:.3g} of the logit range "
+                             f"(tolerance {FP32_TOLERANCE}); the export is broken")
+        return
+    onnx_err, twin_err = _worst(parity["onnx_vs_fp32"]), _worst(parity["twin_vs_fp32"])
+    bound = W8A8_FACTOR * twin_err + FP32_TOLERANCE * scale
+    parity["check"] = f"max|onnx - fp32| = {onnx_err:.4g} <= {W8A8_FACTOR} * max|torch_w8a8 - fp32| + {FP32_TOLERANCE} * max|logit| = {bound:.4g}"
+    if onnx_err > bound:
+        raise BuildError(
+            f"{where}: the W8A8 ONNX graph is off the fp32 model by {onnx_err:.4g} (max logit error) where its "
+            f"PyTorch twin is off by {twin_err:.4g} (allowed: {bound:.4g}); the export is broken"
+        )
 
 
 def verify_graph(onnx_path: Path, twin: EdgeLlama, reference: EdgeLlama, heldout: list, config: VerifyConfig) -> dict:
@@ -147,15 +180,11 @@ def verify_graph(onnx_path: Path, twin: EdgeLlama, reference: EdgeLlama, heldout
     tokens = heldout[0][0].tolist()
     steps = min(config.decode_steps, config.kv_len - 1, len(tokens) - 1)
     prefill = max(1, min(config.prefill_chunk, config.kv_len - steps, len(tokens) - steps))
-    tokens = tokens[: prefill + steps]
-    report = {"parity": _parity(onnx_step, torch_step(twin), cache, tokens, prefill)}
-    parity = report["parity"]
-    parity["tolerance_rel"] = TOLERANCE[config.quant]
-    if not parity["finite"] or parity["max_rel_err"] > parity["tolerance_rel"]:
-        raise BuildError(
-            f"{onnx_path}: ONNX logits differ from PyTorch by {parity['max_rel_err']:.3g} of the logit range "
-            f"(tolerance {parity['tolerance_rel']}); the export is broken"
-        )
+    step_fns = {"onnx": onnx_step, "twin": torch_step(twin)}
+    if twin is not reference:
+        step_fns["fp32"] = torch_step(reference)
+    report = {"parity": _parity(step_fns, cache, tokens[: prefill + steps], prefill)}
+    check_parity(report["parity"], config.quant, onnx_path)
 
     nll_ref = nll_onnx = 0.0
     agree = count = 0

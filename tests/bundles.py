@@ -67,10 +67,10 @@ def make_model(vocab: int = 320, layers: int = 2, hidden: int = 64, heads: int =
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
+    config = dict(max_position_embeddings=512, bos_token_id=BOS_ID, eos_token_id=EOS_ID) | config
     cfg = LlamaConfig(
         vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,
-        bos_token_id=BOS_ID, eos_token_id=EOS_ID, initializer_range=init_std, **config,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, initializer_range=init_std, **config,
     )
     return LlamaForCausalLM(cfg).eval()
 
@@ -100,3 +100,61 @@ def build_test_bundle(
     tok = make_tokenizer_bundle(vocab, chat_template)
     info = {"name": "tiny-random-llama", "source": "tests/bundles.py (random weights)"}
     return build_from_model(model, tok, sample_text(), config, info).path
+
+
+# --- running a bundle the way the board does (manifest + onnxruntime + tokenizers only) --------
+def bundle_session(bundle_dir: Path):
+    """(manifest, onnxruntime session, tokenizers.Tokenizer) of a bundle, checksums verified."""
+    import onnxruntime as ort
+
+    from board.manifest import load_manifest
+
+    manifest = load_manifest(bundle_dir)
+    session = ort.InferenceSession(str(Path(bundle_dir) / manifest.graph.onnx), providers=["CPUExecutionProvider"])
+    return manifest, session, Tokenizer.from_file(str(Path(bundle_dir) / manifest.tokenizer))
+
+
+def bundle_greedy(bundle_dir: Path, prompt: str, n: int) -> tuple[list[int], str]:
+    """Greedy continuation of `prompt` (BOS added by the tokenizer): prefill once, then n-1 decode steps."""
+    import numpy as np
+
+    manifest, session, tok = bundle_session(bundle_dir)
+    past_spec = next(t for t in manifest.graph.inputs if t.name == "past_key_values")
+    cache = np.zeros(past_spec.shape, dtype=past_spec.dtype)
+    kv = manifest.graph.kv_len
+    tokens, filled, out = tok.encode(prompt).ids, 0, []
+    for _ in range(n):
+        new = tokens if not out else out[-1:]
+        mask = np.concatenate((np.arange(kv) < filled, np.ones(len(new), bool)))[None].astype(np.int64)
+        logits, present = session.run(None, {
+            "input_ids": np.array([new], np.int64), "attention_mask": mask,
+            "position_ids": np.arange(filled, filled + len(new), dtype=np.int64)[None], "past_key_values": cache,
+        })
+        cache[:, :, :, :, filled : filled + len(new)] = present
+        filled += len(new)
+        out.append(int(logits[0, -1].argmax()))
+    return out, tok.decode(out)
+
+
+def bundle_perplexity(bundle_dir: Path, text: str, chunk: int = 128, max_tokens: int = 512) -> float:
+    """Perplexity of the bundle's graph on the last `max_tokens` tokens of `text`, in BOS-led chunks."""
+    import math
+
+    import numpy as np
+
+    manifest, session, tok = bundle_session(bundle_dir)
+    ids = tok.encode(text, add_special_tokens=False).ids[-max_tokens:]
+    past_spec = next(t for t in manifest.graph.inputs if t.name == "past_key_values")
+    cache = np.zeros(past_spec.shape, dtype=past_spec.dtype)
+    nll, count = 0.0, 0
+    for start in range(0, len(ids), chunk - 1):
+        piece = [manifest.tokens.bos_id] + ids[start : start + chunk - 1]
+        mask = np.concatenate((np.zeros(manifest.graph.kv_len), np.ones(len(piece))))[None].astype(np.int64)
+        logits = session.run(["logits"], {
+            "input_ids": np.array([piece], np.int64), "attention_mask": mask,
+            "position_ids": np.arange(len(piece), dtype=np.int64)[None], "past_key_values": cache,
+        })[0][0, :-1].astype(np.float64)
+        logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+        nll += float((logz - logits[np.arange(len(piece) - 1), piece[1:]]).sum())
+        count += len(piece) - 1
+    return math.exp(nll / count)

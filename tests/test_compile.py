@@ -411,3 +411,18 @@ def test_real_ascend_bundle_compiles_through_the_stand_in_atc(tmp_path, fake_atc
     m = load_manifest(bundle)
     assert m.graph.om == "model.om" and m.files["model.om"].sha256 == result["sha256"]
     assert {"model.onnx", "tokenizer.json", "report.json", "model.om"} <= set(m.files)
+
+
+def test_a_failed_manifest_write_puts_the_previous_om_back(tmp_path, fake_atc_env, monkeypatch):
+    bundle = make_bundle(tmp_path)
+    compile_bundle(CompileConfig(bundle, "Ascend310B1", runner="local"))
+    before = snapshot(bundle)
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("host.compile.write_manifest", disk_full)
+    with pytest.raises(CompileError, match="No space left on device.*the bundle is as it was"):
+        compile_bundle(CompileConfig(bundle, "Ascend310B4", runner="local"))
+    assert snapshot(bundle) == before
+    load_manifest(bundle)

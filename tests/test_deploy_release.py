@@ -251,3 +251,20 @@ def test_disk_filling_up_during_upload_leaves_current_and_says_the_disk_is_full(
     assert line.startswith("testboard: the board's disk is full (") and f"current unchanged ({release.name})" in line
     assert current_release(board) == release
     assert not list((board / "releases").glob(".incoming-*"))  # the partial upload was removed
+
+
+def test_generate_before_any_deploy_says_to_deploy_first(inventory, board_dir):
+    r = fab(inventory, "generate", "--prompt", "hi")
+    assert r.returncode == 1
+    assert r.stderr.strip() == f"testboard: no release deployed under {board_dir}; run `fab deploy --bundle DIR` first"
+
+
+def test_redeploying_a_release_damaged_on_the_board_uploads_it_again(inventory, board_dir, tmp_path):
+    bundle = synthetic_bundle(tmp_path / "bundle", weights=os.urandom(10_000))
+    assert fab(inventory, "deploy", "--bundle", str(bundle)).returncode == 0
+    release = current_release(board_dir)
+    (release / "model.onnx").write_bytes(b"damaged")
+    r = fab(inventory, "deploy", "--bundle", str(bundle))
+    assert r.returncode == 0, r.stderr
+    assert current_release(board_dir) == release and sha(release / "model.onnx") == sha(bundle / "model.onnx")
+    assert " 0 file(s) uploaded" not in r.stdout and releases(board_dir) == [release.name]

@@ -1,7 +1,7 @@
 """Backends behind one `forward`: onnxruntime (CPU) and acl (Ascend pyACL), imported lazily."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 
 from board.backends.base import Backend
 from board.bundle import Bundle
@@ -43,7 +43,9 @@ def choose_backend(bundle: Bundle, requested: str = "auto") -> str:
     return "onnxruntime"
 
 
-def open_backend(bundle: Bundle, requested: str = "auto", threads: int | None = None, device_id: int = 0) -> Backend:
+def open_backend(
+    bundle: Bundle, requested: str = "auto", threads: int | None = None, device_id: int = 0, spin: bool = True
+) -> Backend:
     """Construct the chosen backend for a bundle (the caller closes it, e.g. in a `with` block)."""
     name = choose_backend(bundle, requested)
     if name == "acl":
@@ -52,6 +54,5 @@ def open_backend(bundle: Bundle, requested: str = "auto", threads: int | None = 
         return AclBackend(bundle.file(bundle.manifest.graph.om), bundle.manifest.graph, device_id=device_id)
     from board.backends.ort import OrtBackend
 
-    return OrtBackend(
-        bundle.file(bundle.manifest.graph.onnx), bundle.manifest.graph, bundle.manifest.arch.vocab_size, threads=threads
-    )
+    m = bundle.manifest
+    return OrtBackend(bundle.file(m.graph.onnx), m.graph, m.arch.vocab_size, threads=threads, spin=spin)

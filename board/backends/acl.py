@@ -34,7 +34,9 @@ ACL_DTYPES = {0: np.float32, 1: np.float16, 2: np.int8, 3: np.int32, 4: np.uint8
 def check(ret: int, call: str) -> None:
     """Raise BoardError for a non-zero ACL return code, naming the call."""
     if ret != ACL_SUCCESS:
-        raise BoardError(f"{call} failed with ACL error {ret}; see the CANN log (ASCEND_GLOBAL_LOG_LEVEL=1) for details")
+        raise BoardError(
+            f"{call} failed with ACL error {ret}; see the CANN log (ASCEND_GLOBAL_LOG_LEVEL=1) for details"
+        )
 
 
 def host_view(ptr: int, nbytes: int) -> np.ndarray:
@@ -51,6 +53,7 @@ class _Buffer:
         check(ret, f"acl.rt.malloc({size}) for {name}")
         self.data_buffer = acl.create_data_buffer(self.ptr, size)
         if not self.data_buffer:
+            acl.rt.free(self.ptr)
             raise BoardError(f"acl.create_data_buffer failed for {name}")
         self.view = host_view(self.ptr, size) if shared else None
 
@@ -141,7 +144,9 @@ class AclBackend(Backend):
     def _write(self, buf: _Buffer, arr: np.ndarray) -> None:
         arr = np.ascontiguousarray(arr)
         if arr.nbytes > buf.size:
-            raise BoardError(f"{buf.name}: {arr.nbytes} bytes exceed the compiled {buf.size}; is this chunk size a gear?")
+            raise BoardError(
+                f"{buf.name}: {arr.nbytes} bytes exceed the compiled {buf.size}; is this chunk size a gear?"
+            )
         if self.shared:
             if arr.ctypes.data != buf.ptr:  # the KV cache already lives there
                 buf.view[: arr.nbytes] = arr.reshape(-1).view(np.uint8)

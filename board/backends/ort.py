@@ -1,26 +1,30 @@
-"""onnxruntime CPU backend. The KV cache array is bound by pointer (IOBinding), and outputs go into
-buffers preallocated per chunk size, so a decode step copies nothing but the new token's K/V."""
+"""onnxruntime CPU backend. One IOBinding per chunk size, made once: the KV cache is bound by
+pointer where it lives, and outputs land in preallocated buffers, so a step copies no KV data."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from board.backends.base import INPUT_NAMES, OUTPUT_NAMES, Backend
+from board.errors import BoardError
 from board.manifest import BundleError, Graph
 
 
 class OrtBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, onnx_path: Path, graph: Graph, vocab_size: int, threads: int | None = None):
+    def __init__(self, onnx_path: Path, graph: Graph, vocab_size: int, threads: int | None = None, spin: bool = True):
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.inter_op_num_threads = 1
         if threads:
             opts.intra_op_num_threads = threads
+        # idle worker threads spin for the next op: faster on free cores, slower when cores are shared
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         opts.log_severity_level = 3  # keep onnxruntime's optimizer warnings off the chat screen
         try:
             self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
@@ -31,28 +35,48 @@ class OrtBackend(Backend):
         missing = [n for n in INPUT_NAMES if n not in names] + [n for n in OUTPUT_NAMES if n not in outs]
         if missing:
             raise BundleError(f"{onnx_path}: graph lacks {', '.join(missing)} (DESIGN.md §3); rebuild the bundle")
+        self.path = onnx_path
         self.graph = graph
         self.vocab_size = vocab_size
-        self._outputs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._bound: dict[int, _Binding] = {}
 
-    def _output_buffers(self, s: int, kv_shape: tuple) -> tuple[np.ndarray, np.ndarray]:
-        if s not in self._outputs:
+    def _binding(self, s: int, past: np.ndarray) -> "_Binding":
+        """The IOBinding for chunk size s, made once: inputs and outputs bound by pointer."""
+        bound = self._bound.get(s)
+        if bound is None or bound.past_ptr != past.ctypes.data:
             rows = s if self.graph.logits == "all" else 1
-            present_shape = kv_shape[:4] + (s,) + kv_shape[5:]
-            self._outputs[s] = (
-                np.empty((1, rows, self.vocab_size), dtype=np.float32),
-                np.empty(present_shape, dtype=self.graph.kv_dtype),
+            present_shape = past.shape[:4] + (s,) + past.shape[5:]
+            bound = _Binding(
+                binding=self.session.io_binding(),
+                past_ptr=past.ctypes.data,
+                inputs=[np.zeros((1, s), np.int64), np.zeros((1, past.shape[4] + s), np.int64),
+                        np.zeros((1, s), np.int64), past],
+                outputs=[np.empty((1, rows, self.vocab_size), np.float32), np.empty(present_shape, past.dtype)],
             )
-        return self._outputs[s]
+            for name, arr in zip(INPUT_NAMES, bound.inputs):
+                bound.binding.bind_input(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
+            for name, arr in zip(OUTPUT_NAMES, bound.outputs):
+                bound.binding.bind_output(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
+            self._bound[s] = bound
+        return bound
 
     def forward(self, input_ids, attention_mask, position_ids, past_key_values):
-        binding = self.session.io_binding()
-        # the list keeps any contiguous copies alive until the run; for the cache's buffer it is a no-op
-        inputs = [np.ascontiguousarray(a) for a in (input_ids, attention_mask, position_ids, past_key_values)]
-        for name, arr in zip(INPUT_NAMES, inputs):
-            binding.bind_input(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
-        logits, present = self._output_buffers(input_ids.shape[1], past_key_values.shape)
-        for name, arr in zip(OUTPUT_NAMES, (logits, present)):
-            binding.bind_output(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
-        self.session.run_with_iobinding(binding)
-        return logits, present
+        if not past_key_values.flags.c_contiguous:
+            past_key_values = np.ascontiguousarray(past_key_values)
+        bound = self._binding(input_ids.shape[1], past_key_values)
+        # the small inputs are copied into the bound arrays; the KV cache is read where it lives
+        for dst, src in zip(bound.inputs[:3], (input_ids, attention_mask, position_ids)):
+            np.copyto(dst, src)
+        try:
+            self.session.run_with_iobinding(bound.binding)
+        except Exception as e:  # onnxruntime's Fail/InvalidArgument carry the node that failed
+            raise BoardError(f"{self.path}: onnxruntime failed on a {input_ids.shape[1]}-token step ({e})") from None
+        return bound.outputs[0], bound.outputs[1]
+
+
+@dataclass
+class _Binding:
+    binding: ort.IOBinding
+    past_ptr: int
+    inputs: list
+    outputs: list

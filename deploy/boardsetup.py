@@ -1,0 +1,133 @@
+"""`fab setup`: make a board ready to run bundles, idempotently (the lab manual's step 1).
+
+Steps: install path; board/requirements.txt (and uploaded wheels, for offline boards) into a
+venv under the install path unless the board's python already has the pinned versions;
+`<path>/env.sh` sourcing CANN's set_env.sh when present (every remote command sources it);
+with --with-plugin, the custom op plugin built from docker/plugin/ on the board. Each step
+first looks, and only acts when something differs, so a second run changes nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from board.manifest import sha256_file
+from deploy.doctor import PLUGIN_VENDOR, REQUIREMENTS, cann_candidates, pins
+from deploy.errors import DeployError
+from deploy.progress import Progress
+from deploy.remote import Remote, env_script
+
+PLUGIN_SOURCE = Path(__file__).resolve().parents[1] / "docker" / "plugin"
+WHEELS_HINT = ("pip download --only-binary=:all: --platform manylinux2014_aarch64 --python-version 3.X "
+               "-r board/requirements.txt -d wheels/  (3.X: the board's python)")
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    changed: bool
+    detail: str
+
+
+def _upload_changed(remote: Remote, files: dict, dest: str, progress: Progress) -> list:
+    """Upload the files (remote name -> local path) whose sha256 differs on the board; their names."""
+    have = remote.onboard("hashes", dir=dest, names=sorted(files))
+    todo = [n for n in sorted(files) if have[n] != sha256_file(files[n])]
+    for i, name in enumerate(todo, 1):
+        progress.start(name, i, len(todo))
+        part = f"{dest}/.{Path(name).name}.part"
+        remote.put(files[name], part, callback=progress)
+        remote.sftp.posix_rename(part, f"{dest}/{name}")  # a reader never sees half a file
+        progress.finish(files[name].stat().st_size)
+    return todo
+
+
+def _python_deps(remote: Remote, wheels: Path | None, system_site: bool, progress: Progress) -> list:
+    """Pinned requirements importable by board code: venv + pip only when they are not already."""
+    steps, root, want = [], remote.root, pins()
+    if wheels:
+        found = {p.name: p for p in sorted(Path(wheels).glob("*.whl"))}
+        if not found:
+            raise DeployError(remote.board.name, f"no *.whl files in {wheels}; fill it with: {WHEELS_HINT}")
+        remote.onboard("mkdirs", dirs=[f"{root}/wheels"])
+        sent = _upload_changed(remote, found, f"{root}/wheels", progress)
+        steps.append(Step("wheels", bool(sent), f"{len(sent)} of {len(found)} wheel(s) uploaded to {root}/wheels"))
+    sent = _upload_changed(remote, {"requirements.txt": REQUIREMENTS}, root, progress)
+    steps.append(Step("requirements", bool(sent), f"{root}/requirements.txt " + ("uploaded" if sent else "up to date")))
+    installed = remote.onboard("pins", runtime=True, pins=sorted(want))
+    if all(installed["installed"][n] == v for n, v in want.items()):
+        steps.append(Step("python deps", False, f"{', '.join(f'{n}=={v}' for n, v in sorted(want.items()))} "
+                                                f"already in {installed['executable']}"))
+        return steps
+    venv = f"{root}/venv"
+    if remote.run(["test", "-x", f"{venv}/bin/python"], env=False).exited != 0:
+        args = ["-m", "venv", *(["--system-site-packages"] if system_site else []), venv]
+        r = remote.python(args, venv=False)
+        if r.exited != 0:
+            raise DeployError(remote.board.name, f"creating {venv} failed ({_last(r)}); on Debian/Ubuntu boards: "
+                                                 f"sudo apt-get install python3-venv")
+        steps.append(Step("venv", True, f"created {venv}"))
+    offline = ["--no-index", "--find-links", f"{root}/wheels"] if wheels else []
+    r = remote.python(["-m", "pip", "install", "--disable-pip-version-check", "-q", *offline,
+                       "-r", f"{root}/requirements.txt"])
+    if r.exited != 0:
+        fix = "check the wheels match the board's python and arch" if wheels else f"offline board? pass --wheels DIR ({WHEELS_HINT})"
+        raise DeployError(remote.board.name, f"pip install in {venv} failed ({_last(r)}); {fix}")
+    steps.append(Step("python deps", True, f"installed {', '.join(f'{n}=={v}' for n, v in sorted(want.items()))} into {venv}"
+                                           + (" from uploaded wheels" if wheels else "")))
+    return steps
+
+
+def _last(r) -> str:
+    return (r.stderr.strip().splitlines() or r.stdout.strip().splitlines() or [f"exit status {r.exited}"])[-1]
+
+
+def _plugin(remote: Remote, cann: str | None, progress: Progress) -> Step:
+    """Build docker/plugin/ on the board into <path>/opp (skipped when that source is already built)."""
+    if not cann:
+        raise DeployError(remote.board.name, "--with-plugin needs the CANN toolkit on the board (no set_env.sh found); "
+                                             "install CANN first, then run `fab setup --with-plugin` again")
+    files = {p.relative_to(PLUGIN_SOURCE).as_posix(): p for p in sorted(PLUGIN_SOURCE.rglob("*")) if p.is_file()}
+    digest = hashlib.sha256("".join(f"{n} {sha256_file(p)}\n"
+                                    for n, p in files.items()).encode()).hexdigest()[:16]
+    root, opp = remote.root, f"{remote.root}/opp"
+    stamp = f"{opp}/vendors/{PLUGIN_VENDOR}/.built-from-{digest}"
+    if remote.run(["test", "-f", stamp], env=False).exited == 0:
+        return Step("plugin", False, f"built from this docker/plugin/ already ({opp}/vendors/{PLUGIN_VENDOR})")
+    remote.onboard("mkdirs", dirs=[f"{root}/plugin"])
+    _upload_changed(remote, files, f"{root}/plugin", progress)
+    r = remote.run(["bash", f"{root}/plugin/build.sh", "--prefix", opp])
+    if r.exited != 0:
+        raise DeployError(remote.board.name, f"building the plugin on the board failed ({_last(r)})")
+    remote.onboard("write_text", path=stamp, text=digest + "\n")
+    return Step("plugin", True, f"built and installed into {opp}/vendors/{PLUGIN_VENDOR}")
+
+
+def setup(remote: Remote, wheels: Path | None = None, with_plugin: bool = False, system_site: bool = False,
+          progress: Progress | None = None) -> list:
+    """Run every step on one board; the list of what each did."""
+    progress = progress or Progress(remote.board.name)
+    root = remote.root
+    made = remote.onboard("mkdirs", dirs=[root, f"{root}/releases"])["made"]
+    steps = [Step("install path", bool(made), f"{root} " + ("created" if made else "exists"))]
+    probe = remote.onboard("probe", root=root, modules=[], cann_candidates=cann_candidates(remote.board), vendor=PLUGIN_VENDOR)
+    cann = probe["cann_scripts"][0] if probe["cann_scripts"] else None
+    plugin_dir = None
+    if with_plugin:
+        steps.append(_plugin(remote, cann, progress))
+        plugin_dir = f"{root}/opp/vendors/{PLUGIN_VENDOR}"
+    elif remote.run(["test", "-d", f"{root}/opp/vendors/{PLUGIN_VENDOR}"], env=False).exited == 0:
+        plugin_dir = f"{root}/opp/vendors/{PLUGIN_VENDOR}"  # built by an earlier --with-plugin: keep it on
+    changed = remote.onboard("write_text", path=f"{root}/env.sh", text=env_script(cann, plugin_dir))["changed"]
+    steps.append(Step("env.sh", changed, f"{root}/env.sh " + ("written" if changed else "up to date") +
+                      (f" (sources {cann})" if cann else " (no CANN found: nothing to source)")))
+    steps += _python_deps(remote, wheels, system_site, progress)
+    return steps
+
+
+def setup_lines(board: str, steps: list) -> list:
+    lines = [f"{board}: {'changed' if s.changed else 'ok':<7} {s.name:<12} {s.detail}" for s in steps]
+    n = sum(s.changed for s in steps)
+    lines.append(f"{board}: setup done, {n} change(s)" if n else f"{board}: setup done, nothing to change")
+    return lines

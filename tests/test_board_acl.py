@@ -1,0 +1,108 @@
+"""The acl backend through tests/fake_acl.py (a test double of pyACL that runs model.onnx underneath):
+same tokens as onnxruntime, in both run modes (host with memcpy, 310B shared memory), clean teardown."""
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from board.backends import choose_backend, open_backend
+from board.backends.acl import AclBackend
+from board.bundle import open_bundle
+from board.engine import Engine
+from board.errors import BoardError
+from board.manifest import BundleError
+from board.generate import GenerateConfig, generate
+from board.sampling import GREEDY, SamplingConfig
+from fake_acl import ACL_DEVICE, ACL_HOST, FakeAcl, write_fake_om
+
+PROMPT = "Once upon a time there was a little girl named lily"
+
+
+@pytest.fixture(scope="module")
+def om_bundle(tiny_bundle, tmp_path_factory):
+    path = tmp_path_factory.mktemp("acl") / "tiny-om"
+    shutil.copytree(tiny_bundle, path)
+    write_fake_om(path)
+    return open_bundle(path)
+
+
+def run(bundle, backend, steps, sampling=GREEDY, seed=0, repeat=1):
+    engine = Engine(backend, bundle.manifest)
+    ids = bundle.tokenizer.encode(" ".join([PROMPT] * repeat), bos=True)
+    return generate(engine, bundle.tokenizer, ids, GenerateConfig(steps, sampling), np.random.default_rng(seed)), engine
+
+
+@pytest.mark.parametrize("mode", [ACL_HOST, ACL_DEVICE])
+def test_acl_backend_generates_the_same_tokens_as_onnxruntime(om_bundle, monkeypatch, mode):
+    fake = FakeAcl(run_mode=mode)
+    monkeypatch.setitem(sys.modules, "acl", fake)
+    assert choose_backend(om_bundle, "auto") == "acl"
+    kv_len = om_bundle.manifest.graph.kv_len
+    sampling = SamplingConfig(temperature=0.9, top_k=20, top_p=0.95)
+    with open_backend(om_bundle, "onnxruntime", threads=1) as ort_backend:
+        expected, _ = run(om_bundle, ort_backend, 40, sampling)
+        # a prompt longer than the window: prefill in 16/8/1 chunks through eviction
+        greedy_expected, _ = run(om_bundle, ort_backend, 20, repeat=6)
+    with open_backend(om_bundle, "auto") as backend:
+        assert isinstance(backend, AclBackend) and backend.shared == (mode == ACL_DEVICE)
+        got, engine = run(om_bundle, backend, 40, sampling)
+        greedy_got, engine = run(om_bundle, backend, 20, repeat=6)
+        assert engine.cache.next_pos > 2 * kv_len
+        if mode == ACL_DEVICE:  # the cache is the device's input buffer: no KV copy per step
+            kv_ptr = backend._inputs[backend._in_index[3]].ptr
+            assert engine.cache.kv.ctypes.data == kv_ptr
+    assert got.tokens == expected.tokens and len(got.tokens) > 5
+    assert greedy_got.tokens == greedy_expected.tokens and len(greedy_got.tokens) > 5
+    assert fake.leaks() == []
+    copies = fake.calls.count("rt.memcpy")
+    assert (copies > 0) if mode == ACL_HOST else (copies == 0)
+    assert fake.calls.count("mdl.set_input_dynamic_dims") == fake.calls.count("mdl.execute") >= len(got.tokens) + len(greedy_got.tokens)
+    # teardown ran in order: buffers, model, context, device, finalize
+    tail = [c for c in fake.calls if c in ("mdl.unload", "rt.destroy_context", "rt.reset_device", "finalize")]
+    assert tail == ["mdl.unload", "rt.destroy_context", "rt.reset_device", "finalize"]
+
+
+def test_a_chunk_that_is_no_compiled_gear_is_a_clear_error(om_bundle, monkeypatch):
+    monkeypatch.setitem(sys.modules, "acl", FakeAcl())
+    with open_backend(om_bundle, "acl") as backend:
+        a, g = om_bundle.manifest.arch, om_bundle.manifest.graph
+        past = np.zeros((a.num_layers, 2, 1, a.num_kv_heads, g.kv_len, a.head_dim), dtype=g.kv_dtype)
+        s = 3  # not in prefill_chunks [1, 8, 16]
+        with pytest.raises(BoardError, match="set_input_dynamic_dims.*3 tokens.*gear"):
+            backend.forward(np.ones((1, s), np.int64), np.ones((1, g.kv_len + s), np.int64),
+                            np.arange(s, dtype=np.int64)[None], past)
+
+
+def test_auto_falls_back_to_onnxruntime_without_pyacl(om_bundle, monkeypatch):
+    monkeypatch.setitem(sys.modules, "acl", None)  # `import acl` raises ImportError
+    assert choose_backend(om_bundle, "auto") == "onnxruntime"
+    with pytest.raises(BoardError, match="set_env.sh"):
+        choose_backend(om_bundle, "acl")
+
+
+def test_an_om_that_does_not_load_names_the_file_and_cleans_up(om_bundle, monkeypatch):
+    fake = FakeAcl()
+    monkeypatch.setitem(sys.modules, "acl", fake)
+    bad = om_bundle.path.parent / "not-an-om"
+    bad.write_text("this is not a compiled model")
+    with pytest.raises(BundleError, match="not-an-om.*load_from_file failed.*python -m host compile"):
+        AclBackend(bad, om_bundle.manifest.graph)
+    assert fake.leaks() == []  # context destroyed, device reset, ACL finalized after the failure
+
+
+def test_fp16_kv_cache_in_shared_device_memory(tmp_path_factory, monkeypatch):
+    from bundles import build_test_bundle
+
+    path = build_test_bundle(tmp_path_factory.mktemp("acl16") / "tiny-fp16", quant="none", dtype="fp16")
+    write_fake_om(path)
+    bundle = open_bundle(path)
+    assert bundle.manifest.graph.kv_dtype == "float16"
+    with open_backend(bundle, "onnxruntime", threads=1) as ort_backend:
+        expected, _ = run(bundle, ort_backend, 20, repeat=4)
+    monkeypatch.setitem(sys.modules, "acl", FakeAcl(run_mode=ACL_DEVICE))
+    with open_backend(bundle, "acl") as backend:
+        got, engine = run(bundle, backend, 20, repeat=4)
+        assert engine.cache.kv.dtype == np.float16
+        assert engine.cache.kv.ctypes.data == backend._inputs[backend._in_index[3]].ptr
+    assert got.tokens == expected.tokens and len(got.tokens) > 5

@@ -1,0 +1,110 @@
+"""The chat loop: Ctrl-C stops the answer and not the session; /reset; /exit; Ctrl-D."""
+import io
+
+import numpy as np
+import pytest
+
+from board.backends import open_backend
+from board.bundle import open_bundle
+from board.chat import ChatSession, run_repl
+from board.engine import Engine
+from board.generate import GenerateConfig
+from board.sampling import SamplingConfig
+
+
+class InterruptingOutput(io.StringIO):
+    """Raises KeyboardInterrupt (as Ctrl-C would) at the n-th write, once."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.at, self.writes = at, 0
+
+    def write(self, s):
+        self.writes += 1
+        if self.writes == self.at:
+            raise KeyboardInterrupt
+        return super().write(s)
+
+
+@pytest.fixture()
+def session(tiny_bundle):
+    bundle = open_bundle(tiny_bundle)
+    with open_backend(bundle, "onnxruntime", threads=1) as backend:
+        engine = Engine(backend, bundle.manifest)
+        cfg = GenerateConfig(30, SamplingConfig(temperature=1.0, top_k=0, top_p=1.0))
+        yield ChatSession(engine, bundle.tokenizer, bundle.manifest.chat_template, cfg, np.random.default_rng(5))
+
+
+def scripted(lines):
+    it = iter(lines)
+
+    def read(prompt):
+        line = next(it)
+        if isinstance(line, BaseException):
+            raise line
+        return line
+
+    return read
+
+
+def test_ctrl_c_stops_the_answer_and_the_session_goes_on(session):
+    out = InterruptingOutput(at=4)  # help line, then answer pieces: the 3rd piece is "interrupted"
+    status = run_repl(session, scripted(["Once upon a time", "The big red ball", "/exit"]), out)
+    assert status == 0
+    assert "[stopped]" in out.getvalue()
+    assert len(session.turns) == 2  # both questions answered, the first one cut short
+    assert 0 < len(session.turns[0][1]) and session.engine.cache.next_pos > 0
+
+
+def test_reset_clears_the_conversation_and_ctrl_d_exits(session):
+    out = io.StringIO()
+    status = run_repl(session, scripted(["Once upon a time", "/reset", KeyboardInterrupt(), "", "Lily", EOFError()]), out)
+    assert status == 0
+    assert "[conversation cleared]" in out.getvalue()
+    assert [u for u, _ in session.turns] == ["Lily"]
+    # after the reset the cache restarted: it holds only the second conversation
+    assert session.engine.fed[0] == session.tokenizer.tokens.bos_id
+    assert len(session.engine.fed) < 2 * 40
+
+
+def test_interrupted_answer_is_resumable(session):
+    calls = {"n": 0}
+
+    def stop_after_two(piece):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    first = session.ask("Once upon a time", on_text=stop_after_two)
+    assert first.finish_reason == "interrupted" and first.tokens
+    second = session.ask("She loved to play")
+    assert second.finish_reason in ("length", "eos")
+    # every token of the cut answer is in the cache, once, right after the first prompt
+    n = first.prompt_tokens
+    fed = session.engine.fed
+    assert fed[n : n + len(first.tokens)] == first.tokens
+    first_fed = len(first.tokens) - len(first.unfed)
+    second_fed = second.prompt_tokens + len(second.tokens) - len(second.unfed)
+    assert len(fed) == n + first_fed + second_fed
+
+
+def test_ctrl_c_during_the_prompt_keeps_the_history(session):
+    session.cfg = GenerateConfig(8, session.cfg.sampling)  # short answers: the history fits the window
+    session.ask("Once upon a time")
+    feed = session.engine.feed
+
+    def interrupted_feed(ids, all_logits=False):
+        session.engine.feed = feed  # only the next prompt is cut
+        feed(ids[: len(ids) // 2])
+        raise KeyboardInterrupt
+
+    session.engine.feed = interrupted_feed
+    cut = session.ask("Lily saw a big red ball and her mom said")
+    assert cut.finish_reason == "interrupted" and not cut.tokens
+    assert len(session.turns) == 1  # the cut question is not part of the history
+    result = session.ask("The happy dog went home")
+    assert result.finish_reason in ("length", "eos") and session.rebuilds == 1
+    # the cache was rebuilt from the history: first turn, then the new question, no half prompt
+    assert [u for u, _ in session.turns] == ["Once upon a time", "The happy dog went home"]
+    text = session.tokenizer.decode(session.engine.fed)
+    assert "Lily saw" not in text and text.startswith("Once upon a time")

@@ -1,0 +1,127 @@
+"""`fab doctor` against the real sshd "board": verdicts per check, exit status = can it run the bundle."""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+
+import onnxruntime
+import pytest
+
+from sshd import _free_port, fab, sshd, synthetic_bundle, write_inventory  # noqa: F401  (sshd is a fixture)
+
+pytestmark = pytest.mark.ssh
+BASE_PYTHON = getattr(sys, "_base_executable", sys.executable)  # the interpreter under this venv
+NO_CANN = ("no CANN set_env.sh (/usr/local/Ascend/ascend-toolkit/set_env.sh, ~/Ascend/ascend-toolkit/set_env.sh)")
+
+
+def lines_of(stdout: str, board: str = "testboard") -> dict:
+    """check name -> 'verdict detail' from doctor's lines."""
+    out = {}
+    for line in stdout.splitlines():
+        verdict, name, detail = line[len(board) + 2:].split(maxsplit=2)
+        out[name] = f"{verdict} {detail}"
+    return out
+
+
+def test_board_with_onnxruntime_is_ready_and_npu_cann_are_absent(sshd, tmp_path):  # noqa: F811
+    inventory = write_inventory(tmp_path / "inv.yml", sshd.board(tmp_path / "b"))
+    r = fab(inventory, "doctor")
+    assert r.returncode == 0, r.stdout + r.stderr
+    checks = lines_of(r.stdout)
+    assert checks["ssh"] == f"ok reachable at 127.0.0.1:{sshd.port} as {sshd.user}"
+    assert checks["onnxruntime"] == f"ok {onnxruntime.__version__}"
+    assert checks["python"] == f"ok {'.'.join(map(str, sys.version_info[:3]))} ({sys.executable})"
+    assert checks["acl"] == "absent pyACL (acl) not importable; not needed for backend onnxruntime"
+    assert checks["cann"] == f"absent {NO_CANN}; not needed for backend onnxruntime"
+    assert checks["npu"] == "absent npu-smi not found; not needed for backend onnxruntime"
+    assert checks["plugin"].startswith("absent no custom op plugin (no CANN either)")
+    machine = platform.machine()
+    assert checks["arch"] == ("ok aarch64" if machine == "aarch64" else
+                              f"warn {machine}, not aarch64: not an Orange Pi AIpro (fine for a test board)")
+    assert r.stdout.splitlines()[-1] == "testboard: ready to run bundles with backend onnxruntime"
+
+
+def test_board_whose_python_lacks_onnxruntime_fails_with_the_fix(sshd, tmp_path):  # noqa: F811
+    if subprocess.run([BASE_PYTHON, "-c", "import onnxruntime"], capture_output=True).returncode == 0:
+        pytest.skip(f"{BASE_PYTHON} has onnxruntime: no interpreter without it to play the bare board")
+    inventory = write_inventory(tmp_path / "inv.yml", sshd.board(tmp_path / "b", python=BASE_PYTHON))
+    r = fab(inventory, "doctor")
+    assert r.returncode == 1
+    assert ("testboard: fail   onnxruntime onnxruntime not importable (ModuleNotFoundError: No module named "
+            "'onnxruntime') -> fix: fab setup --board testboard") in r.stdout.splitlines()
+    assert r.stdout.splitlines()[-1].startswith("testboard: NOT ready (failed: ")
+    assert "onnxruntime" in r.stdout.splitlines()[-1] and "Traceback" not in r.stdout + r.stderr
+
+
+def test_acl_board_without_npu_or_cann_fails_those_checks_and_json_says_not_ready(sshd, tmp_path):  # noqa: F811
+    inventory = write_inventory(tmp_path / "inv.yml", sshd.board(tmp_path / "b", backend="acl", soc="Ascend310B4"))
+    r = fab(inventory, "doctor", "--json")
+    assert r.returncode == 1
+    report = json.loads(r.stdout)
+    verdicts = {c["name"]: c["verdict"] for c in report["checks"]}
+    assert report["board"] == "testboard" and report["ready"] is False
+    assert (verdicts["acl"], verdicts["cann"], verdicts["npu"], verdicts["onnxruntime"]) == ("fail", "fail", "fail", "ok")
+    npu = next(c for c in report["checks"] if c["name"] == "npu")
+    assert npu["fix"] == "install the Ascend NPU driver and firmware"
+
+
+def test_unreachable_board_is_a_failed_ssh_check(sshd, tmp_path):  # noqa: F811
+    port = _free_port()
+    inventory = write_inventory(tmp_path / "inv.yml", sshd.board(tmp_path / "b", port=port))
+    r = fab(inventory, "doctor")
+    assert r.returncode == 1
+    assert r.stdout.splitlines() == [
+        f"testboard: fail   ssh         cannot reach 127.0.0.1:{port} (connection refused) -> fix: is sshd running on "
+        f"the board, and are host/port right in the inventory?",
+        "testboard: NOT ready (failed: ssh) to run bundles with backend onnxruntime"]
+
+
+def test_memory_and_disk_are_compared_with_the_bundle(sshd, tmp_path):  # noqa: F811
+    inventory = write_inventory(tmp_path / "inv.yml", sshd.board(tmp_path / "b"))
+    bundle = synthetic_bundle(tmp_path / "bundle", weights=b"\0" * 300_000)
+    r = fab(inventory, "doctor", "--bundle", str(bundle))
+    assert r.returncode == 0, r.stdout
+    checks = lines_of(r.stdout)
+    assert checks["memory"].startswith("ok ") and checks["memory"].endswith(" available for 293.0 KB of onnx weights")
+    assert checks["disk"].startswith("ok ") and " for " in checks["disk"] and "of bundle synthetic" in checks["disk"]
+
+
+@pytest.fixture
+def fake_ascend(tmp_path):
+    """A CANN-like set_env.sh and an npu-smi that reports a 310B4 chip, as on an 8T board."""
+    root = tmp_path / "Ascend"
+    (root / "bin").mkdir(parents=True)
+    npu_smi = root / "bin" / "npu-smi"
+    npu_smi.write_text("#!/bin/sh\ncat <<'EOF'\n+--------------------------------------------------------------------+\n"
+                       "| npu-smi 23.0.0                  Version: 23.0.0                    |\n"
+                       "| NPU   Name                    | Health    | Power(W)  Temp(C)       |\n"
+                       "| 0     310B4                   | OK        | 8.0       45            |\nEOF\n")
+    npu_smi.chmod(0o755)
+    set_env = root / "set_env.sh"
+    set_env.write_text(f'export ASCEND_TOOLKIT_HOME={root}\nexport ASCEND_OPP_PATH={root}/opp\n'
+                       f'export PATH={root}/bin:$PATH\n')
+    return root
+
+
+def test_cann_and_npu_are_found_through_the_environment_script_and_soc_mismatch_warns(sshd, tmp_path, fake_ascend):  # noqa: F811
+    board = tmp_path / "b"
+    inventory = write_inventory(tmp_path / "inv.yml", sshd.board(board, soc="Ascend310B1",
+                                                                  cann_env=str(fake_ascend / "set_env.sh")))
+    checks = lines_of(fab(inventory, "doctor").stdout)
+    assert checks["cann"] == (f"warn {fake_ascend / 'set_env.sh'}, sourced by fab commands directly (no env.sh yet) "
+                              f"-> fix: fab setup --board testboard")
+    assert checks["npu"] == ("warn Ascend310B4 (8T) but the inventory says soc Ascend310B1 -> fix: set soc: Ascend310B4 "
+                             "in the inventory and compile the bundle with --soc Ascend310B4")
+    assert checks["plugin"].startswith("warn no custom op plugin")
+    plugin = fake_ascend / "opp" / "vendors" / "edge_llm" / "framework" / "onnx"
+    plugin.mkdir(parents=True)
+    (plugin / "libcust_onnx_parsers.so").write_bytes(b"\x7fELF")
+    assert fab(inventory, "setup").returncode == 0
+    assert (board / "env.sh").read_text().splitlines()[1] == f". {fake_ascend / 'set_env.sh'}"
+    r = fab(inventory, "doctor")
+    checks = lines_of(r.stdout)
+    assert checks["cann"] == f"ok {fake_ascend / 'set_env.sh'}, sourced by every fab command via {board}/env.sh"
+    assert checks["plugin"] == f"ok custom op plugin in {fake_ascend / 'opp' / 'vendors' / 'edge_llm'}"
+    assert r.returncode == 0, r.stdout
