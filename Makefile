@@ -61,11 +61,14 @@ chat: setup
 generate: setup
 	$(VENV)/bin/fab generate --prompt "$(PROMPT)" $(BOARD_OPT)
 
-bench status rollback doctor: setup
+bench status rollback: setup
 	$(VENV)/bin/fab $@ $(BOARD_OPT)
 
+doctor: setup
+	$(VENV)/bin/fab doctor $(BOARD_OPT) $(if $(wildcard $(BUNDLE)/manifest.json),--bundle $(BUNDLE),)
+
 board-setup: setup
-	$(VENV)/bin/fab setup $(BOARD_OPT)
+	$(VENV)/bin/fab setup $(BOARD_OPT) $(if $(WHEELS),--wheels $(WHEELS),)
 
 clean:
 	rm -rf $(VENV) bundles .pytest_cache

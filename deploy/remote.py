@@ -41,6 +41,11 @@ class Result:
     stderr: str
 
 
+def home_relative(path: str) -> str:
+    """An inventory path for the shell: `~/x` becomes a HomePath (the remote $HOME), others as is."""
+    return HomePath(path[2:]) if path.startswith("~/") else path
+
+
 def q(value: str) -> str:
     """Shell-quote one word; a HomePath becomes "$HOME"/'rest' so only $HOME expands."""
     if isinstance(value, HomePath):
@@ -73,7 +78,7 @@ class Remote:
     def _env_prefix(self) -> str:
         """Source setup's env.sh, else the CANN script when present; silent and never fatal."""
         env_sh = q(self.path("env.sh"))
-        cann = [self.board.cann_env] if self.board.cann_env else list(CANN_ENV_CANDIDATES)
+        cann = [home_relative(self.board.cann_env)] if self.board.cann_env else list(CANN_ENV_CANDIDATES)
         tests = " || ".join(f"{{ [ -f {q(p)} ] && . {q(p)} >/dev/null 2>&1; }}" for p in cann)
         return f"if [ -f {env_sh} ]; then . {env_sh} >/dev/null 2>&1; else {tests} || true; fi; "
 

@@ -112,6 +112,20 @@ def read_text(path: Path | None) -> str:
     return text
 
 
+def quantization_record(config: BuildConfig, graph_model) -> Quantization:
+    """The manifest's description of what quantization the graph carries."""
+    if config.quant == "none":
+        return Quantization()
+    return Quantization(
+        scheme="w8a8",
+        dialect=TARGETS[config.target],
+        weights="int8_per_channel_symmetric",
+        activations="int8_per_token_dynamic" if config.act_scheme == "dynamic" else "int8_per_tensor_static",
+        smooth_alpha=config.smooth,
+        quantized_layers=quantized_layer_count(graph_model),
+    )
+
+
 def build(config: BuildConfig) -> BuildResult:
     """Load the model and tokenizer named by `config`, then `build_from_model`."""
     from host.load import load_model
@@ -130,11 +144,11 @@ def build(config: BuildConfig) -> BuildResult:
     return build_from_model(hf_model, tok, text, config, info, timings)
 
 
+@torch.no_grad()
 def build_from_model(hf_model, tok, text: str, config: BuildConfig, info: dict, timings: dict | None = None) -> BuildResult:
     """Build the bundle at `config.out` from a loaded HF LlamaForCausalLM and a TokenizerBundle."""
     config.validate()
     timings = {} if timings is None else timings
-    torch.set_grad_enabled(False)
     hf_model = hf_model.float().eval()
     kv_dtype = DTYPES[config.dtype]
     reference = EdgeLlama.from_hf(hf_model, kv_dtype)
@@ -143,19 +157,11 @@ def build_from_model(hf_model, tok, text: str, config: BuildConfig, info: dict, 
 
     with stage("calibrate", timings, f"{len(split.calib)} samples of {config.calib_seq_len} tokens"):
         absmax = collect_input_absmax(reference, split.calib)
-    quant = Quantization()
     graph_model = reference
     if config.quant == "w8a8":
         with stage("quantize", timings):
             graph_model = quantize_model(hf_model, absmax, config.act_scheme, TARGETS[config.target], config.smooth, kv_dtype)
-        quant = Quantization(
-            scheme="w8a8",
-            dialect=TARGETS[config.target],
-            weights="int8_per_channel_symmetric",
-            activations="int8_per_token_dynamic" if config.act_scheme == "dynamic" else "int8_per_tensor_static",
-            smooth_alpha=config.smooth,
-            quantized_layers=quantized_layer_count(graph_model),
-        )
+    quant = quantization_record(config, graph_model)
 
     template = config.chat_template or getattr(tok, "chat_template", None) or "none"
     with staging(config.out) as stage_dir:
@@ -188,7 +194,7 @@ def build_from_model(hf_model, tok, text: str, config: BuildConfig, info: dict, 
                 "seq_len": config.calib_seq_len,
                 "tokens": sum(int(x.shape[-1]) for x in split.calib),
                 "heldout_tokens": sum(int(x.shape[-1]) for x in split.heldout),
-                "linears": summarize(absmax),
+                "linears": summarize(absmax),  # per linear: max/mean/median of its per-channel input abs-max
             },
             "quantization": asdict(quant),
             "verification": verification,

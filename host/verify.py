@@ -109,9 +109,10 @@ def greedy(runner: FixedKVRunner, prompt: list[int], n: int) -> list[int]:
     """n greedy tokens after `prompt`."""
     logits = runner.feed(prompt)
     out = []
-    for _ in range(n):
+    for i in range(n):
         out.append(int(np.argmax(logits[-1])))
-        logits = runner.feed(out[-1:])
+        if i + 1 < n:
+            logits = runner.feed(out[-1:])
     return out
 
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from board.manifest import CHAT_TEMPLATES, load_manifest
+from conftest import LLAMA2_TOKENIZER, ROOT, STORIES_BIN, STORIES_TOK, TINYSTORIES_TEXT, WIKITEXT, need
 from bundles import (
     build_test_bundle,
     bundle_greedy,
@@ -29,7 +30,6 @@ from host import build as build_module
 from host.__main__ import main
 from host.build import BuildConfig, build
 from host.errors import BuildError, InputError
-from tests.conftest import ROOT, STORIES_BIN, STORIES_TOK, TINYSTORIES_TEXT, LLAMA2_TOKENIZER, need
 
 ONCE = "Once upon a time"
 LILY = ", there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball."
@@ -88,6 +88,19 @@ def test_bundle_graph_gives_the_same_logits_chunked_or_whole(tiny_bundle):
         pieces.append(run(ids[filled:filled + size], filled, cache))
         filled += size
     np.testing.assert_allclose(np.concatenate(pieces), whole, atol=1e-4, rtol=0)
+
+
+def test_fp16_kv_bundle_declares_and_returns_fp16_cache(tmp_path):
+    out = build_test_bundle(tmp_path / "fp16", quant="w8a8", kv_len=32, dtype="fp16", prefill_chunks=[1, 8])
+    manifest, session, _ = bundle_session(out)
+    assert manifest.graph.kv_dtype == "float16"
+    specs = {t.name: t.dtype for t in manifest.graph.inputs + manifest.graph.outputs}
+    assert specs == {"input_ids": "int64", "attention_mask": "int64", "position_ids": "int64",
+                     "past_key_values": "float16", "logits": "float32", "present_key_values": "float16"}
+    types = {v.name: v.type for v in session.get_inputs() + session.get_outputs()}
+    assert types["past_key_values"] == types["present_key_values"] == "tensor(float16)"
+    ids, _ = bundle_greedy(out, "once upon a time", 5)
+    assert len(ids) == 5
 
 
 def test_test_bundles_are_deterministic(tmp_path, tiny_bundle):
@@ -193,6 +206,21 @@ def test_cli_builds_a_bundle_and_prints_a_json_summary(hf_dir, capsys):
     assert "build: export" in captured.err
 
 
+def test_cli_takes_the_chat_template_from_the_tokenizer_config_unless_told(hf_dir, tmp_path, capsys):
+    model_dir = tmp_path / "chat-llama"
+    shutil.copytree(hf_dir / "tiny-llama", model_dir)
+    (model_dir / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<s>", "eos_token": "</s>",
+        "chat_template": "{% for message in messages %}{% if message['role'] == 'user' %}"  # TinyLlama-Chat's, abridged
+                         "{{ '<|user|>\n' + message['content'] + eos_token }}{% endif %}{% endfor %}"}))
+    args = ["--model", str(model_dir), "--calib", str(hf_dir / "calib.txt"), "--quant", "none"]
+    assert main(cli(*args, "--out", str(tmp_path / "detected"))) == 0
+    manifest = load_manifest(tmp_path / "detected")
+    assert manifest.chat_template == CHAT_TEMPLATES["zephyr"] and "<|user|>" in manifest.tokens.stop_strings
+    assert main(cli(*args, "--chat-template", "chatml", "--out", str(tmp_path / "told"))) == 0
+    assert load_manifest(tmp_path / "told").chat_template == CHAT_TEMPLATES["chatml"]
+
+
 def one_line_error(capsys, argv: list[str], pattern: str) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -290,7 +318,7 @@ def test_tinyllama_shaped_w8a8_build(tmp_path):
 
     model_dir = tmp_path / "tinyllama-shaped"
     make_model(**TINYLLAMA).to(torch.bfloat16).save_pretrained(model_dir)  # stored bf16, as the real one is
-    calib = need(Path(str(TINYSTORIES_TEXT)))
+    calib = need(WIKITEXT)
     cmd = [sys.executable, "-m", "host", "build", "--model", str(model_dir), "--tokenizer", str(need(LLAMA2_TOKENIZER)),
            "--calib", str(calib), "--quant", "w8a8", "--kv-len", "256", "--out", str(tmp_path / "bundle")]
     timer = ["/usr/bin/time", "-v"] if shutil.which("/usr/bin/time") else []

@@ -1,7 +1,10 @@
 """Reaching a board: host keys checked against known_hosts, clear one-line errors, no injection."""
 from __future__ import annotations
 
+import shutil
 import subprocess
+import uuid
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +101,28 @@ def test_shell_metacharacters_in_path_and_prompt_are_data_not_commands(sshd, tmp
     assert (board / "current" / "manifest.json").is_file()
     fab(inventory, "generate", "--prompt", f"$(touch {marker}); touch {marker}")  # the synthetic model cannot run
     assert not marker.exists()
+
+
+def test_a_path_under_the_remote_home_is_resolved_on_the_board(sshd, tmp_path):  # noqa: F811
+    name = f".edge-llm-test-{uuid.uuid4().hex[:8]}"
+    local = Path.home() / name  # the "board" is this machine, as the same user
+    inventory = write_inventory(tmp_path / "inv.yml", sshd.board(f"~/{name}"))
+    try:
+        r = fab(inventory, "deploy", "--bundle", str(synthetic_bundle(tmp_path / "bundle")))
+        assert r.returncode == 0, r.stderr
+        assert (local / "current" / "manifest.json").is_file()
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
+def test_command_lines_pass_every_word_through_the_shell_unchanged(tmp_path):
+    from deploy.inventory import parse_inventory
+    from deploy.remote import Remote
+
+    (board,) = parse_inventory({"boards": [{"name": "x", "host": "h", "user": "u", "key": "k", "backend": "onnxruntime",
+                                            "path": str(tmp_path / "it's $(here)"), "python": "python3"}]}, "inv.yml")
+    words = ["$(touch pwned)", "a b", "'", '"', "`id`", "*", "~", "; exit 3", "\n"]
+    line = Remote(board, None).command(["printf", "[%s]", *words], cwd=str(tmp_path))
+    out = subprocess.run(["sh", "-c", line], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout == "".join(f"[{w}]" for w in words)
+    assert not (tmp_path / "pwned").exists()

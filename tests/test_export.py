@@ -14,7 +14,11 @@ from host.model import EdgeLlama
 from host.quantize import quantize_model
 from host.verify import FixedKVRunner, ort_session, ort_step, torch_step
 
-torch.set_grad_enabled(False)
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.no_grad():
+        yield
 KV = 24
 LAYERS = 2
 

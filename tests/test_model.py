@@ -8,7 +8,11 @@ from bundles import make_model
 from host.errors import InputError
 from host.model import EdgeLlama, arch_from_config
 
-torch.set_grad_enabled(False)
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.no_grad():
+        yield
 
 
 def full_logits(hf, ids: list[int]) -> torch.Tensor:

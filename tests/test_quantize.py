@@ -21,7 +21,11 @@ from host.quantize import (
 )
 from host.smooth import smoothing_scales
 
-torch.set_grad_enabled(False)
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.no_grad():
+        yield
 
 
 # --- the scheme, by hand --------------------------------------------------------------------
