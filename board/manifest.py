@@ -56,6 +56,7 @@ class Graph:
     logits: str = "all"  # "all": [1, S, V]; "last": [1, 1, V]
     onnx: str = "model.onnx"
     om: str | None = None  # set when ATC compiled the graph
+    om_soc: str | None = None  # the chip the .om was compiled for (Ascend310B1 = 20T, Ascend310B4 = 8T)
     opset: int = 17
 
 

@@ -39,6 +39,7 @@ class Needs:
     bytes: int
     graph_bytes: dict  # {"onnx": n, "om": n}
     on_board: bool  # already deployed there: no disk needed
+    om_soc: str | None = None  # chip the bundle's .om was compiled for
 
 
 def pins(path: Path = REQUIREMENTS) -> dict:
@@ -91,7 +92,7 @@ def _cann(board: Board, probe: dict, root: str) -> Check:
     return Check("cann", "ok" if probe["env_sh"] else "warn", f"{scripts[0]}, {how}", fix)
 
 
-def _npu(board: Board, probe: dict) -> Check:
+def _npu(board: Board, probe: dict, needs: "Needs | None") -> Check:
     npu, needed = probe["npu"], board.backend == "acl"
     if not npu["found"]:
         if needed:
@@ -107,6 +108,11 @@ def _npu(board: Board, probe: dict) -> Check:
     if board.soc and board.soc != chip:
         return Check("npu", "warn", f"{chip} ({model}) but the inventory says soc {board.soc}",
                      f"set soc: {chip} in the inventory and compile the bundle with --soc {chip}")
+    if needs is not None and needs.om_soc and needs.om_soc != chip:
+        return Check("npu", "fail" if board.backend == "acl" else "warn",
+                     f"{chip} ({model}) but {needs.what}'s model.om was compiled for {needs.om_soc} "
+                     f"({BOARD_MODEL.get(needs.om_soc, '?')}): it will not load",
+                     f"recompile: python -m host compile --bundle DIR --soc {chip}")
     return Check("npu", "ok", f"{chip} ({model})")
 
 
@@ -159,11 +165,12 @@ def _needs(probe: dict, bundle) -> Needs | None:
     if bundle is not None:
         record = bundle.record()["bundle"]
         on_board = bundle.release_id in {r["id"] for r in probe["releases"]}
-        return Needs(f"bundle {bundle.manifest.model.get('name')}", record["bytes"], record["graph_bytes"], on_board)
+        return Needs(f"bundle {bundle.manifest.model.get('name')}", record["bytes"], record["graph_bytes"], on_board,
+                     record.get("om_soc"))
     for r in probe["releases"]:
         if r["id"] == probe["current"]:
             b = r.get("bundle") or {}
-            return Needs(f"release {r['id']}", b.get("bytes", 0), b.get("graph_bytes") or {}, True)
+            return Needs(f"release {r['id']}", b.get("bytes", 0), b.get("graph_bytes") or {}, True, b.get("om_soc"))
     return None
 
 
@@ -173,6 +180,7 @@ def examine(remote: Remote, bundle=None) -> list:
     probe = remote.onboard("probe", runtime=True, root=remote.root, modules=list(MODULES),
                            cann_candidates=cann_candidates(board), vendor=PLUGIN_VENDOR)
     arch = probe["machine"]
+    needs = _needs(probe, bundle)
     py = ".".join(map(str, probe["python"]))
     return [
         Check("ssh", "ok", f"reachable at {board.host}:{board.port} as {board.user}"),
@@ -183,8 +191,8 @@ def examine(remote: Remote, bundle=None) -> list:
               "install a newer python3 and set 'python' in the inventory"),
         *_modules(board, probe),
         _cann(board, probe, remote.root),
-        _npu(board, probe),
-        *_memory_and_disk(board, probe, _needs(probe, bundle), remote.root),
+        _npu(board, probe, needs),
+        *_memory_and_disk(board, probe, needs, remote.root),
         _plugin(board, probe),
     ]
 

@@ -44,6 +44,7 @@ class Payload:
                 "dialect": m.quantization.dialect,
                 "kv_len": m.graph.kv_len,
                 "om": m.graph.om,
+                "om_soc": m.graph.om_soc,
                 "bytes": sum(self.size(n) for n in self.files),
                 "graph_bytes": graph_bytes(m),
             },

@@ -328,8 +328,8 @@ def select_runner(config: CompileConfig, env: dict | None = None, docker_factory
 
 
 # --- bundle update -----------------------------------------------------------------------
-def install_om(bundle: Path, manifest: Manifest, om: Path) -> Manifest:
-    """Put `om` into the bundle as model.om and record it (graph.om, size, sha256) in the manifest.
+def install_om(bundle: Path, manifest: Manifest, om: Path, soc: str) -> Manifest:
+    """Put `om` into the bundle as model.om and record it (graph.om, om_soc, size, sha256) in the manifest.
 
     On any failure the previous model.om (if any) and manifest are put back, so the bundle
     stays as it was; readers may see a missing model.om only for the instant of the swap.
@@ -342,7 +342,7 @@ def install_om(bundle: Path, manifest: Manifest, om: Path) -> Manifest:
         entry = FileEntry(size=staged.stat().st_size, sha256=sha256_file(staged))
         files = {k: v for k, v in manifest.files.items() if k != OM_NAME}
         files[OM_NAME] = entry
-        updated = dataclasses.replace(manifest, graph=dataclasses.replace(manifest.graph, om=OM_NAME), files=files)
+        updated = dataclasses.replace(manifest, graph=dataclasses.replace(manifest.graph, om=OM_NAME, om_soc=soc), files=files)
         had_old = target.exists()
         if had_old:
             os.replace(target, backup)
@@ -411,7 +411,7 @@ def compile_bundle(config: CompileConfig, runner: Runner | None = None, log=sys.
         print(f"compile: {runner.name}: {command.shell()}", file=log)
         om = runner.run(command, bundle, Path(tmp))
         try:
-            updated = install_om(bundle, manifest, om)
+            updated = install_om(bundle, manifest, om, command.soc)
         except OSError as e:
             raise CompileError(f"cannot write {OM_NAME} into {bundle} ({e.strerror or e}); the bundle is as it was") from None
     entry = updated.files[OM_NAME]

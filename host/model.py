@@ -70,12 +70,6 @@ class RMSNorm(nn.Module):
         return f"{tuple(self.weight.shape)}, eps={self.eps}"
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """HF Llama's RoPE pairing: dimension i rotates with i + D/2 (not interleaved pairs)."""
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 class Block(nn.Module):
     """One decoder layer: pre-norm GQA attention over [cache slots + new tokens], pre-norm SiLU MLP."""
 
@@ -91,27 +85,49 @@ class Block(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = arch.num_heads, arch.num_kv_heads, arch.head_dim
 
     def forward(self, x, cos, sin, mask, past_k, past_v):
-        """x [1,S,H]; cos/sin [1,S,1,D]; mask [1,1,S,KV+S] additive; past_k/v [1,Hkv,KV,D] float32."""
+        """x [1,S,H]; cos/sin [S,1,D]; mask [S,KV+S] additive; past_k/v [Hkv,KV,D] float32."""
         hkv, d = self.num_kv_heads, self.head_dim
-        rep = self.num_heads // hkv
+        s = x.shape[1]
         h = self.input_layernorm(x)
-        q = self.q_proj(h).view(1, -1, self.num_heads, d)
-        k = self.k_proj(h).view(1, -1, hkv, d)
-        v = self.v_proj(h).view(1, -1, hkv, d)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-        k_new, v_new = k.transpose(1, 2), v.transpose(1, 2)  # [1,Hkv,S,D]
-        keys = torch.cat((past_k, k_new), dim=2)[0].unsqueeze(1)  # [Hkv,1,KV+S,D]
-        values = torch.cat((past_v, v_new), dim=2)[0].unsqueeze(1)
-        # GQA without copying K/V: query heads h*rep..h*rep+rep-1 share kv head h (as HF's repeat_kv).
-        q = q[0].view(-1, hkv, rep, d).permute(1, 2, 0, 3)  # [Hkv,rep,S,D]
-        scores = torch.matmul(q, keys.transpose(-1, -2)) * (d**-0.5) + mask[0]  # [Hkv,rep,S,KV+S]
-        attn = torch.matmul(torch.softmax(scores, dim=-1), values)  # [Hkv,rep,S,D]
-        attn = attn.permute(2, 0, 1, 3).reshape(1, -1, self.num_heads * d)
-        x = x + self.o_proj(attn)
+        q = apply_rope(self.q_proj(h).view(s, self.num_heads, d), cos, sin)
+        k = apply_rope(self.k_proj(h).view(s, hkv, d), cos, sin)
+        k_new, v_new = k.transpose(0, 1), self.v_proj(h).view(s, hkv, d).transpose(0, 1)  # [Hkv,S,D]
+        attn = attend(q, past_k, past_v, k_new, v_new, mask)
+        x = x + self.o_proj(attn.view(1, s, -1))
         h = self.post_attention_layernorm(x)
         x = x + self.down_proj(nn.functional.silu(self.gate_proj(h)) * self.up_proj(h))
         return x, k_new, v_new
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [S,heads,D] rotated by position, HF Llama's pairing (dimension i with i + D/2, not interleaved).
+
+    x*cos + rotate_half(x)*sin with rotate_half(x) = (-x2, x1): `sin` comes with its first half
+    negated (EdgeLlama._rope), so only the halves are swapped here.
+    """
+    first, second = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((second, first), dim=-1) * sin
+
+
+def attend(q, past_k, past_v, k_new, v_new, mask):
+    """GQA softmax attention of q [S,H,D] over the cache slots [Hkv,KV,D] and the new keys/values [Hkv,S,D].
+
+    Returns [S,H*D]. The cache is never concatenated with the new keys (that would copy it every
+    step): scores against both are computed apart and joined (small: [.., S, KV+S]), and the
+    weighted values are the sum of the two parts. The `rep` query heads that share a KV head are
+    folded into the matmul's rows (as HF's repeat_kv, without copying K/V), so each KV head is
+    one [rep*S, D] x [D, KV] product and K^T is never materialized.
+    """
+    s, heads, d = q.shape
+    hkv, kv_len = past_k.shape[0], past_k.shape[1]
+    rep = heads // hkv
+    q = q.view(s, hkv, rep, d).permute(1, 2, 0, 3).reshape(hkv, rep * s, d)  # rows ordered (head, token)
+    scale = d**-0.5
+    scores = torch.cat((torch.matmul(q, past_k.transpose(1, 2)) * scale,
+                        torch.matmul(q, k_new.transpose(1, 2)) * scale), dim=-1)  # [Hkv,rep*S,KV+S]
+    probs = torch.softmax(scores.view(hkv, rep, s, -1) + mask, dim=-1).view(hkv, rep * s, -1)
+    out = torch.matmul(probs[..., :kv_len], past_v) + torch.matmul(probs[..., kv_len:], v_new)  # [Hkv,rep*S,D]
+    return out.view(hkv, rep, s, d).permute(2, 0, 1, 3).reshape(s, heads * d)
 
 
 class EdgeLlama(nn.Module):
@@ -156,9 +172,10 @@ class EdgeLlama(nn.Module):
         return torch.zeros(a.num_layers, 2, 1, a.num_kv_heads, kv_len, a.head_dim, dtype=self.kv_dtype)
 
     def _rope(self, position_ids):
-        freqs = position_ids[..., None].float() * self.inv_freq  # [1,S,D/2]
-        emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, :]  # [1,S,1,D]
-        return emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling
+        """cos, sin [S,1,D]; sin's first half negated so that `apply_rope` needs no Neg (exact: x*(-s) == -(x*s))."""
+        freqs = position_ids[0, :, None].float() * self.inv_freq  # [S,D/2]
+        cos, sin = freqs.cos() * self.attention_scaling, freqs.sin() * self.attention_scaling
+        return torch.cat((cos, cos), dim=-1)[:, None], torch.cat((-sin, sin), dim=-1)[:, None]
 
     @staticmethod
     def _mask(attention_mask, kv_len: int, seq_ids):
@@ -169,7 +186,7 @@ class EdgeLlama(nn.Module):
         causal = idx[:, None, :] <= idx[:, :, None]  # [1,S(i),S(j)]
         new = causal & attention_mask[:, kv_len:].bool()[:, None, :]
         allowed = torch.cat((cache, new), dim=-1)[:, None]  # [1,1,S,KV+S]
-        return (~allowed).float() * MASK_VALUE
+        return (~allowed).float()[0, 0] * MASK_VALUE  # [S,KV+S]
 
     def forward(self, input_ids, attention_mask, position_ids, past_key_values):
         kv_len = past_key_values.shape[4]
@@ -179,10 +196,11 @@ class EdgeLlama(nn.Module):
         x = self.embed_tokens(input_ids).float()
         cos, sin = self._rope(position_ids)
         mask = self._mask(attention_mask, kv_len, input_ids)
-        past = past_key_values.float()
+        # one [Hkv,KV,D] slab per layer and K/V: contiguous, so taking it is a plain copy
+        past = past_key_values.float().flatten(0, 2)
         presents = []
         for i, block in enumerate(self.blocks):
-            x, k, v = block(x, cos, sin, mask, past[i, 0], past[i, 1])
-            presents.append(torch.stack((k, v)))
+            x, k, v = block(x, cos, sin, mask, past[2 * i], past[2 * i + 1])
+            presents.append(torch.stack((k, v))[:, None])
         logits = self.lm_head(self.norm(x)).float()
         return logits, torch.stack(presents).to(self.kv_dtype)

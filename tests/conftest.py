@@ -39,3 +39,22 @@ def tiny_w8a8_bundle(tmp_path_factory) -> Path:
     from bundles import build_test_bundle
 
     return build_test_bundle(tmp_path_factory.mktemp("bundles") / "tiny-w8a8", quant="w8a8")
+
+
+@pytest.fixture(scope="session")
+def stories_bundles(tmp_path_factory) -> dict:
+    """The real stories260K model (../shared) built by the host pipeline: {"none": fp32, "w8a8": W8A8} bundles."""
+    from host.build import BuildConfig, build
+
+    root = tmp_path_factory.mktemp("stories")
+    return {
+        quant: build(BuildConfig(model=str(need(STORIES_BIN)), tokenizer=str(need(STORIES_TOK)),
+                                 calib=need(TINYSTORIES_TEXT), quant=quant, kv_len=128, out=root / quant)).path
+        for quant in ("none", "w8a8")
+    }
+
+
+@pytest.fixture(scope="session")
+def stories_bundle(stories_bundles) -> Path:
+    """The fp32 stories260K bundle."""
+    return stories_bundles["none"]

@@ -274,17 +274,6 @@ def test_cli_bad_options_exit_2(hf_dir, tmp_path, capsys, option, pattern):
 
 
 # --- the real tiny model: stories260K ---------------------------------------------------------------
-@pytest.fixture(scope="module")
-def stories_bundles(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stories")
-    bundles = {}
-    for quant in ("none", "w8a8"):
-        config = BuildConfig(model=str(need(STORIES_BIN)), tokenizer=str(need(STORIES_TOK)),
-                             calib=need(TINYSTORIES_TEXT), quant=quant, kv_len=128, out=root / quant)
-        bundles[quant] = build(config).path
-    return bundles
-
-
 def test_stories260K_fp32_bundle_tells_the_lily_story_like_llama2c(stories_bundles):
     _, text = bundle_greedy(stories_bundles["none"], ONCE, 40)
     assert text.startswith(LILY), text

@@ -168,6 +168,7 @@ def test_local_runner_puts_model_om_in_the_bundle_with_verified_checksums(tmp_pa
     assert rc == 0 and result["runner"] == "local"
     m = load_manifest(bundle)  # verifies every file's size and sha256
     assert m.graph.om == "model.om" and set(m.files) == {"model.onnx", "tokenizer.json", "model.om"}
+    assert m.graph.om_soc == "Ascend310B1"
     om = (bundle / "model.om").read_bytes()
     assert om.startswith(b"FAKE-OM") and b"--dynamic_dims=1,65,1;16,80,16" in om
     assert m.files["model.om"].sha256 == hashlib.sha256(om).hexdigest() == result["sha256"]

@@ -125,3 +125,16 @@ def test_cann_and_npu_are_found_through_the_environment_script_and_soc_mismatch_
     assert checks["cann"] == f"ok {fake_ascend / 'set_env.sh'}, sourced by every fab command via {board}/env.sh"
     assert checks["plugin"] == f"ok custom op plugin in {fake_ascend / 'opp' / 'vendors' / 'edge_llm'}"
     assert r.returncode == 0, r.stdout
+
+
+def test_bundle_compiled_for_the_other_chip_fails_the_npu_check(sshd, tmp_path, fake_ascend):  # noqa: F811
+    bundle = synthetic_bundle(tmp_path / "bundle")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["graph"]["om_soc"] = "Ascend310B1"  # compiled for a 20T, deployed to an 8T
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    inventory = write_inventory(tmp_path / "inv.yml", sshd.board(tmp_path / "b", soc="Ascend310B4",
+                                                                  cann_env=str(fake_ascend / "set_env.sh")))
+    r = fab(inventory, "doctor", "--bundle", str(bundle))
+    assert lines_of(r.stdout)["npu"] == (
+        "warn Ascend310B4 (8T) but bundle synthetic's model.om was compiled for Ascend310B1 (20T): it will not load "
+        "-> fix: recompile: python -m host compile --bundle DIR --soc Ascend310B4")
