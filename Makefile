@@ -52,7 +52,8 @@ docker-build:
 lint: setup
 	$(VENV)/bin/hadolint docker/cann.Dockerfile docker/host.Dockerfile
 
-deploy: setup
+# `fab setup` is idempotent ("nothing to change" once done), so every deploy makes sure the board can run it.
+deploy: board-setup
 	$(VENV)/bin/fab deploy --bundle $(BUNDLE) $(BOARD_OPT)
 
 chat: setup

@@ -5,6 +5,7 @@ environment variable (the default inventory uses `${USER}`); local paths accept 
 """
 from __future__ import annotations
 
+import getpass
 import os
 import re
 from dataclasses import dataclass, fields
@@ -62,9 +63,12 @@ def _expand(value, where: str):
         return value
 
     def sub(m: re.Match) -> str:
-        if m.group(1) not in os.environ:
-            raise InventoryError(f"{where}: ${{{m.group(1)}}} is not set in the environment; set it or write the value")
-        return os.environ[m.group(1)]
+        name = m.group(1)
+        if name == "USER" and name not in os.environ:  # unset in containers and cron; the login name is meant
+            return getpass.getuser()
+        if name not in os.environ:
+            raise InventoryError(f"{where}: ${{{name}}} is not set in the environment; set it or write the value")
+        return os.environ[name]
 
     return _VAR.sub(sub, value)
 

@@ -87,13 +87,13 @@ class Block(nn.Module):
     def forward(self, x, cos, sin, mask, past_k, past_v):
         """x [1,S,H]; cos/sin [S,1,D]; mask [S,KV+S] additive; past_k/v [Hkv,KV,D] float32."""
         hkv, d = self.num_kv_heads, self.head_dim
-        s = x.shape[1]
         h = self.input_layernorm(x)
-        q = apply_rope(self.q_proj(h).view(s, self.num_heads, d), cos, sin)
-        k = apply_rope(self.k_proj(h).view(s, hkv, d), cos, sin)
-        k_new, v_new = k.transpose(0, 1), self.v_proj(h).view(s, hkv, d).transpose(0, 1)  # [Hkv,S,D]
-        attn = attend(q, past_k, past_v, k_new, v_new, mask)
-        x = x + self.o_proj(attn.view(1, s, -1))
+        # -1 for S throughout: the graph then needs no Shape/Gather/Concat to compute shapes
+        q = apply_rope(self.q_proj(h).view(-1, self.num_heads, d), cos, sin)
+        k = apply_rope(self.k_proj(h).view(-1, hkv, d), cos, sin)
+        k_new, v_new = k.transpose(0, 1), self.v_proj(h).view(-1, hkv, d).transpose(0, 1)  # [Hkv,S,D]
+        attn = attend(q, past_k, past_v, k_new, v_new, mask, self.num_heads // hkv)
+        x = x + self.o_proj(attn[None])
         h = self.post_attention_layernorm(x)
         x = x + self.down_proj(nn.functional.silu(self.gate_proj(h)) * self.up_proj(h))
         return x, k_new, v_new
@@ -105,29 +105,29 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     x*cos + rotate_half(x)*sin with rotate_half(x) = (-x2, x1): `sin` comes with its first half
     negated (EdgeLlama._rope), so only the halves are swapped here.
     """
-    first, second = x.chunk(2, dim=-1)
+    half = int(cos.shape[-1]) // 2
+    first, second = x.split(half, dim=-1)
     return x * cos + torch.cat((second, first), dim=-1) * sin
 
 
-def attend(q, past_k, past_v, k_new, v_new, mask):
+def attend(q, past_k, past_v, k_new, v_new, mask, rep: int):
     """GQA softmax attention of q [S,H,D] over the cache slots [Hkv,KV,D] and the new keys/values [Hkv,S,D].
 
+    `mask` [rep*S,KV+S] is additive, rows ordered (head within the group, token), as `EdgeLlama._mask`.
     Returns [S,H*D]. The cache is never concatenated with the new keys (that would copy it every
     step): scores against both are computed apart and joined (small: [.., S, KV+S]), and the
     weighted values are the sum of the two parts. The `rep` query heads that share a KV head are
     folded into the matmul's rows (as HF's repeat_kv, without copying K/V), so each KV head is
     one [rep*S, D] x [D, KV] product and K^T is never materialized.
     """
-    s, heads, d = q.shape
-    hkv, kv_len = past_k.shape[0], past_k.shape[1]
-    rep = heads // hkv
-    q = q.view(s, hkv, rep, d).permute(1, 2, 0, 3).reshape(hkv, rep * s, d)  # rows ordered (head, token)
+    hkv, kv_len, d = (int(n) for n in past_k.shape)  # static: Python ints keep shape arithmetic out of the graph
+    q = q.view(-1, hkv, rep, d).permute(1, 2, 0, 3).reshape(hkv, -1, d)  # [Hkv,rep*S,D]
     scale = d**-0.5
     scores = torch.cat((torch.matmul(q, past_k.transpose(1, 2)) * scale,
                         torch.matmul(q, k_new.transpose(1, 2)) * scale), dim=-1)  # [Hkv,rep*S,KV+S]
-    probs = torch.softmax(scores.view(hkv, rep, s, -1) + mask, dim=-1).view(hkv, rep * s, -1)
+    probs = torch.softmax(scores + mask, dim=-1)
     out = torch.matmul(probs[..., :kv_len], past_v) + torch.matmul(probs[..., kv_len:], v_new)  # [Hkv,rep*S,D]
-    return out.view(hkv, rep, s, d).permute(2, 0, 1, 3).reshape(s, heads * d)
+    return out.view(hkv, rep, -1, d).permute(2, 0, 1, 3).reshape(-1, hkv * rep * d)
 
 
 class EdgeLlama(nn.Module):
@@ -177,16 +177,16 @@ class EdgeLlama(nn.Module):
         cos, sin = freqs.cos() * self.attention_scaling, freqs.sin() * self.attention_scaling
         return torch.cat((cos, cos), dim=-1)[:, None], torch.cat((-sin, sin), dim=-1)[:, None]
 
-    @staticmethod
-    def _mask(attention_mask, kv_len: int, seq_ids):
-        """Additive [1,1,S,KV+S]: cache slots by their mask bit; new token j visible to i when j <= i and bit j."""
+    def _mask(self, attention_mask, kv_len: int, seq_ids):
+        """Additive [rep*S,KV+S] (see `attend`): cache slots by their mask bit; new token j visible to i when j <= i and bit j."""
         cache = attention_mask[:, :kv_len].bool()[:, None, :].expand(1, seq_ids.shape[-1], kv_len)
         # positions 1..S of the new tokens, as a tensor op so the exported graph keeps S dynamic
         idx = torch.cumsum(torch.ones_like(seq_ids), dim=-1)  # [1,S]
         causal = idx[:, None, :] <= idx[:, :, None]  # [1,S(i),S(j)]
         new = causal & attention_mask[:, kv_len:].bool()[:, None, :]
         allowed = torch.cat((cache, new), dim=-1)[:, None]  # [1,1,S,KV+S]
-        return (~allowed).float()[0, 0] * MASK_VALUE  # [S,KV+S]
+        mask = (~allowed).float()[0, 0] * MASK_VALUE  # [S,KV+S]
+        return mask.repeat(self.arch.num_heads // self.arch.num_kv_heads, 1)
 
     def forward(self, input_ids, attention_mask, position_ids, past_key_values):
         kv_len = past_key_values.shape[4]
