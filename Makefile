@@ -26,7 +26,6 @@ SMOOTH_OPT = $(if $(SMOOTH),--smooth $(SMOOTH),)
 
 $(VENV)/.stamp: pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q $(if $(WHEELHOUSE),--no-index --find-links $(WHEELHOUSE),) -e '.[host,board,deploy,dev]'
 	touch $@
 
