@@ -173,7 +173,12 @@ def deploy(remote: Remote, payload: Payload, progress: Progress, reuse: bool = T
         except LINK_ERRORS as e:
             raise _upload_failed(remote, incoming, n, payload.size(n), e, current) from None
         progress.finish(payload.size(n))
-    bad = remote.onboard("verify", dir=incoming, files=payload.sha256)["bad"]
+    try:
+        bad = remote.onboard("verify", dir=incoming, files=payload.sha256)["bad"]
+    except LINK_ERRORS as e:  # the last bytes went out before the link dropped: nothing switched yet
+        raise DeployError(name, f"connection lost while verifying the upload on the board ({type(e).__name__}); "
+                                f"current unchanged ({current or 'no release yet'}); "
+                                f"run `fab deploy` again once the board is reachable") from None
     if bad:
         remote.onboard("discard", dir=incoming)
         what = ", ".join(f"{n} ({why}{', linked from an earlier release' if n in links else ''})" for n, why in bad)

@@ -1,12 +1,9 @@
-"""Golden tests on the real stories260K model (llama2.c), through a bundle built by the host.
-
-Uses the `stories_bundle` fixture when tests/conftest.py provides it (it needs ../shared).
-"""
+"""Golden tests on the real stories260K model (llama2.c), through bundles built by the host
+(`stories_bundles` fixture in tests/conftest.py: fp32 and W8A8; it needs ../shared)."""
 import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from board.backends import open_backend
@@ -17,33 +14,39 @@ from conftest import ROOT, TINYSTORIES_TEXT, need
 
 # /work/shared/README.md: llama2.c's greedy decoding of stories260K from BOS
 REFERENCE = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
+BLOCKED = "import runpy, sys\nfor m in ('torch', 'transformers', 'onnx', 'host'):\n    sys.modules[m] = None\n" \
+          "sys.argv = ['board'] + sys.argv[1:]\nrunpy.run_module('board', run_name='__main__')\n"
 
 
 @pytest.fixture(scope="module")
 def stories(request):
     try:
-        return request.getfixturevalue("stories_bundle")
+        return request.getfixturevalue("stories_bundles")
     except pytest.FixtureLookupError:
-        pytest.skip("no stories_bundle fixture in tests/conftest.py yet")
+        pytest.skip("no stories_bundles fixture in tests/conftest.py")
 
 
+@pytest.mark.parametrize("quant", ["none", "w8a8"])
 @pytest.mark.parametrize("prompt", ["", "Once upon a time"])
-def test_greedy_text_matches_llama2c(stories, prompt):
-    code = "import runpy, sys\nfor m in ('torch', 'transformers', 'onnx', 'host'):\n    sys.modules[m] = None\n" \
-           "sys.argv = ['board'] + sys.argv[1:]\nrunpy.run_module('board', run_name='__main__')\n"
+def test_greedy_text_matches_llama2c(stories, quant, prompt):
     proc = subprocess.run(
-        [sys.executable, "-c", code, "generate", "--bundle", str(stories), "--prompt", prompt, "--greedy",
+        [sys.executable, "-c", BLOCKED, "generate", "--bundle", str(stories[quant]), "--prompt", prompt, "--greedy",
          "--max-new-tokens", "40", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (prompt + json.loads(proc.stdout)["text"]).startswith(REFERENCE)
 
 
-def test_perplexity_on_tinystories_is_near_llama2c(stories):
-    text = need(TINYSTORIES_TEXT).read_text()[:20000]
-    bundle = open_bundle(stories)
+def measured_perplexity(path, text):
+    bundle = open_bundle(path)
     with open_backend(bundle, "onnxruntime", threads=1) as backend:
-        result = perplexity(Engine(backend, bundle.manifest), bundle.tokenizer, text, max_tokens=512)
-    assert result["tokens"] == 511
-    # README: about 1.33 nats/token on TinyStories validation text (perplexity ~3.8)
-    assert 3.2 < result["perplexity"] < 4.5, result  # measured 3.71 on the first 512 tokens
-    assert np.isfinite(result["nll"])
+        return perplexity(Engine(backend, bundle.manifest), bundle.tokenizer, text, max_tokens=512)
+
+
+def test_perplexity_on_tinystories_is_near_llama2c_and_w8a8_stays_close(stories):
+    text = need(TINYSTORIES_TEXT).read_text()[:20000]
+    fp32 = measured_perplexity(stories["none"], text)
+    w8a8 = measured_perplexity(stories["w8a8"], text)
+    assert fp32["tokens"] == w8a8["tokens"] == 511  # through a 128-slot cache: eviction included
+    # README: about 1.33 nats/token on TinyStories validation text (perplexity ~3.8); measured 3.7-3.8
+    assert 3.2 < fp32["perplexity"] < 4.5, fp32
+    assert abs(w8a8["perplexity"] / fp32["perplexity"] - 1) < 0.05, (fp32, w8a8)
