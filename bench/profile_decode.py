@@ -108,7 +108,9 @@ def summarize_profile(trace_path: str, steps: int, top: int = 25) -> dict:
         by_type[op] += e["dur"]
         by_node[e["name"][: -len("_kernel_time")]] += e["dur"]
         count[op] += 1
-    per_step = lambda d: {k: round(v / steps, 1) for k, v in sorted(d.items(), key=lambda kv: -kv[1])}
+    def per_step(totals: dict[str, float]) -> dict[str, float]:
+        return {k: round(v / steps, 1) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+
     nodes = per_step(by_node)
     return {
         "total_us": round(sum(by_type.values()) / steps, 1),

@@ -1,4 +1,3 @@
-# NOTE TO HELPERS (lead will remove): the ground rules are in /tmp/common.md -- read it now (no git commits, own files only, deadline 18:25 UTC).
 """The bundle manifest: the one contract between host (writes it) and board (reads it).
 
 A bundle is a directory holding `manifest.json` plus the files it lists (see DESIGN.md §2).

@@ -1,4 +1,3 @@
-# NOTE TO HELPERS (lead will remove): the ground rules are in /tmp/common.md -- read it now (no git commits, own files only, deadline 18:25 UTC).
 """`python -m host build|compile ...`: the workstation CLI. Argparse lives here only."""
 from __future__ import annotations
 

@@ -50,7 +50,9 @@ def staging(out: Path):
 
 def swap_into_place(stage: Path, out: Path) -> None:
     """Rename `stage` to `out`, moving a previous bundle aside first and deleting it afterwards."""
-    os.chmod(stage, 0o755)  # mkdtemp makes it 0700
+    os.chmod(stage, 0o755)  # mkdtemp makes it 0700, and onnx writes external data 0600:
+    for path in stage.rglob("*"):  # a bundle is read by other users (the board's, a container's)
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
     old = None
     if out.exists():
         old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))

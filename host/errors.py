@@ -1,4 +1,3 @@
-# NOTE TO HELPERS (lead will remove): the ground rules are in /tmp/common.md -- read it now (no git commits, own files only, deadline 18:25 UTC).
 """Errors the host CLI turns into one clear line and exit status 2."""
 
 

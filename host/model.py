@@ -3,12 +3,17 @@
 `EdgeLlama.from_hf(hf_model)` shares (does not copy) the Hugging Face modules: embedding,
 RMSNorm weights, and the seven nn.Linear projections of every layer plus `lm_head`. Those
 Linear modules are plain attributes of each `Block` (`block.q_proj`, ...), which is what
-quantization swaps. The forward pass takes a fixed number of KV slots with a mask, so one
-graph serves prefill chunks and single-token decode:
+quantization swaps (fusing q/k/v and gate/up: FUSED_PROJECTIONS). The forward pass takes a
+fixed number of KV slots with a mask, so one graph serves prefill chunks and single-token decode:
 
     inputs   input_ids int64 [1,S], attention_mask int64 [1,KV+S], position_ids int64 [1,S],
              past_key_values [L,2,1,Hkv,KV,D]
     outputs  logits float32 [1,S,V], present_key_values [L,2,1,Hkv,S,D] (keys after RoPE)
+
+The graph is shaped for onnxruntime's CPU decode step, where every node costs ~1 us and every
+copy of the cache costs bandwidth: static shapes as Python ints, no concatenation of the cache
+with the new keys, no transposed copy of K, one slab of the cache copied per layer just before use
+(bench/profile_decode.py shows where a step's time goes).
 """
 from __future__ import annotations
 
@@ -17,11 +22,15 @@ from torch import nn
 
 from board.manifest import Arch
 from host.errors import InputError
+from host.load import arch_numbers
 
 # Projection names of one decoder layer, in the order Hugging Face Llama applies them.
 ATTN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 PROJECTIONS = ATTN_PROJECTIONS + MLP_PROJECTIONS
+# Projections that read the same input, by the name of the one module quantization may fuse them
+# into (host/quantize.py): one matmul instead of several, its output split in this order.
+FUSED_PROJECTIONS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
 # Added to the scores of masked positions. fp16's lowest finite value rather than -inf or
 # float32's min: a fully masked row then stays finite (uniform, no NaN), and the constant
@@ -35,23 +44,7 @@ _DYNAMIC_ROPE_TYPES = ("dynamic", "longrope")
 
 def arch_from_config(config) -> Arch:
     """The manifest's architecture numbers from an HF LlamaConfig (transformers 4.x or 5.x)."""
-    rope = getattr(config, "rope_parameters", None) or {}
-    theta = rope.get("rope_theta", getattr(config, "rope_theta", None))
-    if theta is None:
-        raise InputError("model config has no rope_theta (nor rope_parameters.rope_theta); is this a Llama config?")
-    heads = config.num_attention_heads
-    return Arch(
-        num_layers=config.num_hidden_layers,
-        num_heads=heads,
-        num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-        head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        vocab_size=config.vocab_size,
-        rope_theta=float(theta),
-        rms_norm_eps=float(config.rms_norm_eps),
-        max_position_embeddings=config.max_position_embeddings,
-    )
+    return Arch(**arch_numbers(config))
 
 
 class RMSNorm(nn.Module):
@@ -87,16 +80,23 @@ class Block(nn.Module):
     def forward(self, x, cos, sin, mask, past_k, past_v):
         """x [1,S,H]; cos/sin [S,1,D]; mask [S,KV+S] additive; past_k/v [Hkv,KV,D] float32."""
         hkv, d = self.num_kv_heads, self.head_dim
-        h = self.input_layernorm(x)
+        q, k, v = self.project(self.input_layernorm(x), "qkv_proj")
         # -1 for S throughout: the graph then needs no Shape/Gather/Concat to compute shapes
-        q = apply_rope(self.q_proj(h).view(-1, self.num_heads, d), cos, sin)
-        k = apply_rope(self.k_proj(h).view(-1, hkv, d), cos, sin)
-        k_new, v_new = k.transpose(0, 1), self.v_proj(h).view(-1, hkv, d).transpose(0, 1)  # [Hkv,S,D]
+        q = apply_rope(q.view(-1, self.num_heads, d), cos, sin)
+        k_new = apply_rope(k.view(-1, hkv, d), cos, sin).transpose(0, 1)  # [Hkv,S,D]
+        v_new = v.view(-1, hkv, d).transpose(0, 1)
         attn = attend(q, past_k, past_v, k_new, v_new, mask, self.num_heads // hkv)
         x = x + self.o_proj(attn[None])
-        h = self.post_attention_layernorm(x)
-        x = x + self.down_proj(nn.functional.silu(self.gate_proj(h)) * self.up_proj(h))
+        gate, up = self.project(self.post_attention_layernorm(x), "gate_up_proj")
+        x = x + self.down_proj(nn.functional.silu(gate) * up)
         return x, k_new, v_new
+
+    def project(self, h: torch.Tensor, group: str) -> tuple[torch.Tensor, ...]:
+        """The outputs of a FUSED_PROJECTIONS group: one fused matmul split, or one matmul per projection."""
+        fused = getattr(self, group, None)
+        if fused is not None:
+            return fused(h).split(list(fused.split_sizes), dim=-1)
+        return tuple(getattr(self, name)(h) for name in FUSED_PROJECTIONS[group])
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -160,10 +160,12 @@ class EdgeLlama(nn.Module):
         return cls(hf_model, kv_dtype).eval()
 
     def linears(self):
-        """(qualified name, module) of every projection quantization may swap."""
+        """(qualified name, module) of every projection module: `layers.{i}.q_proj`, ... (or the fused `qkv_proj`)."""
         for i, block in enumerate(self.blocks):
-            for name in PROJECTIONS:
-                yield f"layers.{i}.{name}", getattr(block, name)
+            for name in PROJECTIONS + tuple(FUSED_PROJECTIONS):
+                module = getattr(block, name, None)
+                if module is not None:
+                    yield f"layers.{i}.{name}", module
         yield "lm_head", self.lm_head
 
     def empty_cache(self, kv_len: int) -> torch.Tensor:
@@ -179,13 +181,12 @@ class EdgeLlama(nn.Module):
 
     def _mask(self, attention_mask, kv_len: int, seq_ids):
         """Additive [rep*S,KV+S] (see `attend`): cache slots by their mask bit; new token j visible to i when j <= i and bit j."""
-        cache = attention_mask[:, :kv_len].bool()[:, None, :].expand(1, seq_ids.shape[-1], kv_len)
+        cache = attention_mask[0, :kv_len].bool().expand(seq_ids.shape[-1], kv_len)  # [S,KV]
         # positions 1..S of the new tokens, as a tensor op so the exported graph keeps S dynamic
-        idx = torch.cumsum(torch.ones_like(seq_ids), dim=-1)  # [1,S]
-        causal = idx[:, None, :] <= idx[:, :, None]  # [1,S(i),S(j)]
-        new = causal & attention_mask[:, kv_len:].bool()[:, None, :]
-        allowed = torch.cat((cache, new), dim=-1)[:, None]  # [1,1,S,KV+S]
-        mask = (~allowed).float()[0, 0] * MASK_VALUE  # [S,KV+S]
+        idx = torch.cumsum(torch.ones_like(seq_ids[0]), dim=-1)  # [S]
+        causal = idx[None, :] <= idx[:, None]  # [S(i),S(j)]
+        new = causal & attention_mask[0, kv_len:].bool()[None, :]
+        mask = (~torch.cat((cache, new), dim=-1)).float() * MASK_VALUE  # [S,KV+S]
         return mask.repeat(self.arch.num_heads // self.arch.num_kv_heads, 1)
 
     def forward(self, input_ids, attention_mask, position_ids, past_key_values):
@@ -193,14 +194,35 @@ class EdgeLlama(nn.Module):
         assert input_ids.shape[0] == 1 and attention_mask.shape[-1] == kv_len + input_ids.shape[-1], (
             f"attention_mask {tuple(attention_mask.shape)} must be [1, KV+S] for KV={kv_len}, S={input_ids.shape[-1]}"
         )
-        x = self.embed_tokens(input_ids).float()
+        x = _cast(self.embed_tokens(input_ids), torch.float32)
         cos, sin = self._rope(position_ids)
         mask = self._mask(attention_mask, kv_len, input_ids)
-        # one [Hkv,KV,D] slab per layer and K/V: contiguous, so taking it is a plain copy
-        past = past_key_values.float().flatten(0, 2)
+        keys, values = _cache_slabs(past_key_values)
         presents = []
         for i, block in enumerate(self.blocks):
-            x, k, v = block(x, cos, sin, mask, past[2 * i], past[2 * i + 1])
-            presents.append(torch.stack((k, v))[:, None])
-        logits = self.lm_head(self.norm(x)).float()
-        return logits, torch.stack(presents).to(self.kv_dtype)
+            # an fp16 cache is widened one slab at a time, after the copy, where the slab is small and hot
+            past_k = _cast(keys[2 * i], torch.float32)
+            past_v = _cast(values[2 * i + 1].view(keys.shape[1:]), torch.float32)
+            x, k, v = block(x, cos, sin, mask, past_k, past_v)
+            presents += (k, v)
+        logits = _cast(self.lm_head(self.norm(x)), torch.float32)
+        present = torch.stack(presents).view(past_key_values.shape[:4] + (-1, self.arch.head_dim))
+        return logits, _cast(present, self.kv_dtype)
+
+
+def _cache_slabs(past: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two views of the cache [L,2,1,Hkv,KV,D] whose item 2i / 2i+1 is layer i's keys / values.
+
+    Each layer takes (copies: onnxruntime has no strided views) its contiguous slabs just before
+    it uses them, so they are still in cache for the attention matmuls. Keys and values come from
+    differently shaped views because onnxruntime fuses Gathers that take every slab of one tensor
+    into a single Split, which copies the whole cache up front (measured: ~2 ms more per token at
+    22 layers x 1024 slots).
+    """
+    keys = past.flatten(0, 2)  # [2L,Hkv,KV,D]
+    return keys, keys.flatten(1)  # [2L,Hkv*KV*D]
+
+
+def _cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x as dtype; no graph node when it already is (a same-type Cast still copies in onnxruntime)."""
+    return x if x.dtype == dtype else x.to(dtype)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from host.model import PROJECTIONS, EdgeLlama, RMSNorm
+from host.model import FUSED_PROJECTIONS, PROJECTIONS, EdgeLlama, RMSNorm
 from host.smooth import SMOOTH_GROUPS, smoothing_scales
 
 QMAX = 127  # symmetric int8: codes -127..127 (no -128, so negation is exact)
@@ -84,15 +84,22 @@ class IntegerMatMul(torch.autograd.Function):
 
 
 class W8A8Linear(nn.Module):
-    """y = (q_x @ q_w^T) * s_x * s_w + b, with int8 weights per output channel and int8 activations."""
+    """y = (q_x @ q_w^T) * s_x * s_w + b, with int8 weights per output channel and int8 activations.
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, act_scheme: str, dialect: str):
+    One module may compute several linears that read the same input (`from_float_group`): their
+    outputs are concatenated, `split_sizes` wide each.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, act_scheme: str, dialect: str,
+                 split_sizes: tuple[int, ...] | None = None):
         super().__init__()
         if act_scheme not in ACT_SCHEMES:
             raise ValueError(f"act_scheme {act_scheme!r}: use one of {ACT_SCHEMES}")
         if dialect not in DIALECTS:
             raise ValueError(f"dialect {dialect!r}: use one of {DIALECTS}")
         self.in_features, self.out_features = in_features, out_features
+        self.split_sizes = tuple(split_sizes or (out_features,))
+        assert sum(self.split_sizes) == out_features, f"split sizes {self.split_sizes} do not add up to {out_features}"
         self.act_scheme, self.dialect = act_scheme, dialect
         self.zero_point = _ZERO_POINT[dialect]
         code_dtype = torch.uint8 if self.zero_point else torch.int8
@@ -112,17 +119,38 @@ class W8A8Linear(nn.Module):
         weight: torch.Tensor | None = None,
     ) -> "W8A8Linear":
         """Quantize `linear` (or `weight`, e.g. a smoothed copy of its weight); `act_absmax` for static scales."""
-        w = linear.weight if weight is None else weight
-        module = cls(linear.in_features, linear.out_features, linear.bias is not None, act_scheme, dialect)
-        q, scale = quantize_weight_per_channel_absmax(w)
+        return cls.from_float_group([linear], act_scheme, dialect, act_absmax, None if weight is None else [weight])
+
+    @classmethod
+    def from_float_group(
+        cls,
+        linears: list[nn.Linear],
+        act_scheme: str = "dynamic",
+        dialect: str = "u8u8",
+        act_absmax: float | None = None,
+        weights: list[torch.Tensor] | None = None,
+    ) -> "W8A8Linear":
+        """One module for linears that read the same input: one activation quantization, one integer matmul.
+
+        Exactly what each linear quantized alone computes: weights are stacked by output channel and
+        scaled per channel, so every row gets the codes and scale it would get alone, and the shared
+        input gets the same per-token scale (or, static, the group's one calibrated scale).
+        """
+        weights = [lin.weight for lin in linears] if weights is None else weights
+        assert len({lin.in_features for lin in linears}) == 1, "fused linears must read the same input"
+        sizes = tuple(lin.out_features for lin in linears)
+        has_bias = any(lin.bias is not None for lin in linears)
+        module = cls(linears[0].in_features, sum(sizes), has_bias, act_scheme, dialect, sizes)
+        q, scale = quantize_weight_per_channel_absmax(torch.cat([w.detach().float() for w in weights]))
         module.weight_q = (q.to(torch.int16) + module.zero_point).to(module.weight_q.dtype).t().contiguous()
         module.weight_scale = scale
         if act_scheme == "static":
             if act_absmax is None:
                 raise ValueError("static activation scales need act_absmax from calibration")
             module.act_scale = torch.tensor(max(float(act_absmax) / QMAX, EPS), dtype=torch.float32)
-        if linear.bias is not None:
-            module.bias = linear.bias.detach().float().clone()
+        if has_bias:
+            module.bias = torch.cat([lin.bias.detach().float() if lin.bias is not None else torch.zeros(lin.out_features)
+                                     for lin in linears])
         return module
 
     def dequantized_weight(self) -> torch.Tensor:
@@ -140,6 +168,8 @@ class W8A8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         extra = f", act_scale={float(self.act_scale):.4g}" if self.act_scheme == "static" else ""
+        if len(self.split_sizes) > 1:
+            extra += f", split_sizes={self.split_sizes}"
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
             f"weight=int8_per_channel_symmetric, act={self.act_scheme}, dialect={self.dialect}{extra}"
@@ -156,40 +186,53 @@ def quantize_model(
 ):
     """A W8A8 EdgeLlama over `hf_model`, whose own modules stay untouched (the fp32 reference).
 
-    Every projection of every layer and lm_head becomes a W8A8Linear; the quantized model shares
-    only the embedding with `hf_model`. With `smooth_alpha`, each smoothed norm gets a new weight
-    and the smoothed float weights exist one projection at a time, so peak memory stays near
-    fp32 model + int8 copy. `absmax` (from calibration) is needed for smoothing or static scales.
+    Every projection of every layer and lm_head becomes a W8A8Linear; projections that read the
+    same input become one (FUSED_PROJECTIONS: `qkv_proj`, `gate_up_proj`), which computes the same
+    numbers with fewer graph nodes. The quantized model shares only the embedding with `hf_model`.
+    With `smooth_alpha`, each smoothed norm gets a new weight and the smoothed float weights exist
+    one layer at a time, so peak memory stays near fp32 model + int8 copy. `absmax` (from
+    calibration) is needed for smoothing or static scales.
     """
     if (smooth_alpha is not None or act_scheme == "static") and absmax is None:
         raise ValueError("SmoothQuant and static activation scales need calibration statistics")
     model = EdgeLlama.from_hf(hf_model, kv_dtype)
     stats = absmax or {}
-
-    def swap(owner, attr: str, name: str, weight=None, act=None) -> None:
-        act = act if act is not None else stats.get(name)
-        act_max = float(act.max()) if act is not None else None
-        setattr(owner, attr, W8A8Linear.from_float(getattr(owner, attr), act_scheme, dialect, act_max, weight))
-
+    fused = {p for names in FUSED_PROJECTIONS.values() for p in names}
     for i, block in enumerate(model.blocks):
-        smoothed: set[str] = set()
+        weights = {p: getattr(block, p).weight for p in PROJECTIONS}  # float weights to quantize
+        inputs = {p: stats.get(f"layers.{i}.{p}") for p in PROJECTIONS}  # their inputs' per-channel absmax
         if smooth_alpha is not None:
-            for norm_name, projections in SMOOTH_GROUPS:
-                linears = [getattr(block, p) for p in projections]
-                act = stats[f"layers.{i}.{projections[0]}"]
-                s = smoothing_scales(act, [lin.weight for lin in linears], smooth_alpha)
-                norm = getattr(block, norm_name)
-                setattr(block, norm_name, RMSNorm((norm.weight.detach() / s).clone(), norm.eps))
-                for p, lin in zip(projections, linears):
-                    swap(block, p, f"layers.{i}.{p}", weight=lin.weight.detach() * s, act=act / s)
-                smoothed.update(projections)
+            _smooth_block(block, weights, inputs, smooth_alpha)
+        for group, names in FUSED_PROJECTIONS.items():
+            _swap(block, group, [getattr(block, p) for p in names], [weights[p] for p in names],
+                  [inputs[p] for p in names], act_scheme, dialect)
+            for p in names:
+                delattr(block, p)
         for p in PROJECTIONS:
-            if p not in smoothed:
-                swap(block, p, f"layers.{i}.{p}")
-    swap(model, "lm_head", "lm_head")
+            if p not in fused:
+                _swap(block, p, [getattr(block, p)], [weights[p]], [inputs[p]], act_scheme, dialect)
+    _swap(model, "lm_head", [model.lm_head], [model.lm_head.weight], [stats.get("lm_head")], act_scheme, dialect)
     return model.eval()
 
 
+def _smooth_block(block, weights: dict, inputs: dict, alpha: float) -> None:
+    """SmoothQuant one Block: new norm weights on `block`; smoothed weights and input ranges into the dicts."""
+    for norm_name, projections in SMOOTH_GROUPS:
+        act = inputs[projections[0]]
+        s = smoothing_scales(act, [weights[p] for p in projections], alpha)
+        norm = getattr(block, norm_name)
+        setattr(block, norm_name, RMSNorm((norm.weight.detach() / s).clone(), norm.eps))
+        for p in projections:
+            weights[p], inputs[p] = weights[p].detach() * s, act / s
+
+
+def _swap(owner, attr: str, linears: list, weights: list, inputs: list, act_scheme: str, dialect: str) -> None:
+    """Set `owner.attr` to the W8A8Linear of `linears` (one, or a group sharing its input)."""
+    known = [float(a.max()) for a in inputs if a is not None]
+    act_max = max(known) if known else None  # a group's inputs are one tensor: the same range
+    setattr(owner, attr, W8A8Linear.from_float_group(linears, act_scheme, dialect, act_max, weights))
+
+
 def quantized_layer_count(model) -> int:
-    """How many W8A8Linear modules a model holds."""
-    return sum(isinstance(m, W8A8Linear) for m in model.modules())
+    """How many of the model's linear layers are quantized (a fused group counts each of its linears)."""
+    return sum(len(m.split_sizes) for m in model.modules() if isinstance(m, W8A8Linear))

@@ -1,4 +1,3 @@
-# NOTE TO HELPERS (lead will remove): the ground rules are in /tmp/common.md -- read it now (no git commits, own files only, deadline 18:25 UTC).
 """Shared test fixtures: where ../shared lives, and skips with a reason when it does not."""
 from __future__ import annotations
 

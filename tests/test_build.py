@@ -60,7 +60,8 @@ def test_tiny_w8a8_bundle_records_quantization_and_verification(tiny_w8a8_bundle
         "w8a8", "u8u8", "int8_per_channel_symmetric", "int8_per_token_dynamic", 15)
     report = json.loads((tiny_w8a8_bundle / "report.json").read_text())
     assert set(report["calibration"]["linears"]) >= {"layers.0.q_proj", "layers.1.down_proj", "lm_head"}
-    assert report["export"]["ops"]["MatMulInteger"] == 15
+    assert report["export"]["ops"]["MatMulInteger"] == 9  # 2 layers x (qkv, o, gate_up, down) + lm_head
+    assert all(oct(p.stat().st_mode & 0o777) == "0o644" for p in tiny_w8a8_bundle.iterdir())
     v = report["verification"]
     assert v["parity"]["onnx_vs_fp32"]["prefill_max_abs"] <= 2 * v["parity"]["twin_vs_fp32"]["prefill_max_abs"] + 1e-3
     assert 0.9 < v["perplexity"]["ratio"] < 1.1 and v["greedy"]["teacher_forced_top1_agreement"] > 0.8

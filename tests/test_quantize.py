@@ -10,7 +10,7 @@ from torch import nn
 from bundles import make_model
 from host.calibrate import collect_input_absmax, split_text
 from host.errors import InputError
-from host.model import EdgeLlama, PROJECTIONS
+from host.model import FUSED_PROJECTIONS, PROJECTIONS, EdgeLlama
 from host.quantize import (
     EPS,
     IntegerMatMul,
@@ -18,6 +18,7 @@ from host.quantize import (
     quantize_activation_per_token_absmax,
     quantize_model,
     quantize_weight_per_channel_absmax,
+    quantized_layer_count,
 )
 from host.smooth import smoothing_scales
 
@@ -105,6 +106,17 @@ def test_static_scale_comes_from_calibration_and_clamps_outliers():
         W8A8Linear.from_float(linear, "static")
 
 
+@pytest.mark.parametrize("scheme", ["dynamic", "static"])
+def test_fused_group_computes_exactly_what_its_linears_compute_alone(scheme):
+    torch.manual_seed(3)
+    linears = [nn.Linear(32, n, bias=bias) for n, bias in ((24, False), (8, True), (8, False))]
+    x = torch.randn(1, 5, 32) * 3
+    fused = W8A8Linear.from_float_group(linears, scheme, "u8u8", act_absmax=2.5)
+    assert fused.split_sizes == (24, 8, 8) and "split_sizes=(24, 8, 8)" in repr(fused)
+    for part, linear in zip(fused(x).split(list(fused.split_sizes), dim=-1), linears):
+        assert torch.equal(part, W8A8Linear.from_float(linear, scheme, "u8u8", act_absmax=2.5)(x))
+
+
 def test_repr_shows_the_quantization_settings():
     text = repr(W8A8Linear.from_float(nn.Linear(8, 4), "static", "u8u8", act_absmax=1.0))
     assert text.startswith("W8A8Linear(in_features=8, out_features=4, bias=True")
@@ -155,8 +167,10 @@ def test_smoothing_keeps_the_float_model_and_flattens_outlier_channels():
     # float function kept: smoothed norm weight times smoothed (dequantized) weights ~= original
     block = q_smooth.blocks[0]
     s = hf.model.layers[0].input_layernorm.weight / block.input_layernorm.weight
-    torch.testing.assert_close(block.q_proj.dequantized_weight() / s, hf.model.layers[0].self_attn.q_proj.weight,
-                               atol=float(block.q_proj.weight_scale.max() / s.min()), rtol=0)
+    q_weight = hf.model.layers[0].self_attn.q_proj.weight
+    q_rows = slice(0, q_weight.shape[0])  # q_proj's rows come first in the fused qkv_proj
+    torch.testing.assert_close(block.qkv_proj.dequantized_weight()[q_rows] / s, q_weight,
+                               atol=float(block.qkv_proj.weight_scale[q_rows].max() / s.min()), rtol=0)
     # and the quantized model is closer to fp32 with smoothing than without
     mask = torch.ones(1, 24, dtype=torch.long)
     args = (samples[0], mask, torch.arange(24)[None], fp.empty_cache(0))
@@ -173,8 +187,11 @@ def test_quantize_model_swaps_every_projection_and_leaves_the_reference_alone():
     absmax = collect_input_absmax(fp, [torch.randint(0, 120, (1, 16))])
     assert set(absmax) == {f"layers.{i}.{p}" for i in range(2) for p in PROJECTIONS} | {"lm_head"}
     q = quantize_model(hf, absmax, "static", "s8s8", smooth_alpha=0.5)
-    assert all(isinstance(getattr(b, p), W8A8Linear) for b in q.blocks for p in PROJECTIONS)
-    assert isinstance(q.lm_head, W8A8Linear)
+    projections = [name for name, _ in q.linears()]
+    assert projections == [f"layers.{i}.{p}" for i in range(2) for p in ("o_proj", "down_proj", *FUSED_PROJECTIONS)] + [
+        "lm_head"]  # q/k/v and gate/up are fused: one matmul each
+    assert all(isinstance(m, W8A8Linear) for _, m in q.linears())
+    assert quantized_layer_count(q) == 2 * len(PROJECTIONS) + 1
     assert all(isinstance(m, nn.Linear) for layer in hf.model.layers for m in (layer.self_attn.q_proj, layer.mlp.up_proj))
     for k, v in hf.state_dict().items():
         assert torch.equal(v, before[k]), k
