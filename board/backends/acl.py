@@ -6,7 +6,7 @@ copies inputs in, sets the dynamic dims of the chunk size (ATC --dynamic_dims ge
 "ascend_mbatch_shape_data"), executes, and reads outputs back at their current dims. Teardown
 runs in reverse. Every return code is checked.
 
-On the Atlas 200I DK A2 (Ascend 310B) the program runs on the board's own CPU
+On the Orange Pi AI Pro (Ascend 310B SoC) the program runs on the board's own CPU
 (rt.get_run_mode() == ACL_DEVICE) and host and device share memory: buffers are then read and
 written in place and the KV cache lives in the device buffer itself, so nothing is copied.
 """
