@@ -369,12 +369,18 @@ def test_board_runner_failure_cleans_up_and_leaves_the_bundle(tmp_path, fake_atc
     assert snapshot(bundle) == before and not (tmp_path / "remote").exists()
 
 
-def test_board_soc_in_the_inventory_must_match(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def pi8_inventory(tmp_path, monkeypatch):
+    """An inventory with one 8T board whose key does not exist, so nothing ever connects."""
     pytest.importorskip("fabric", reason="deploy extras not installed")
     inv = tmp_path / "inventory.yml"
-    inv.write_text("boards:\n  - {name: pi8, host: 10.0.0.8, user: u, key: /nonexistent, path: /opt/e, "
+    inv.write_text("boards:\n  - {name: pi8, host: 127.0.0.1, user: u, key: /nonexistent/key, path: /opt/e, "
                    "backend: acl, soc: Ascend310B4}\n")
     monkeypatch.setenv("EDGE_LLM_INVENTORY", str(inv))
+    return inv
+
+
+def test_board_soc_in_the_inventory_must_match(tmp_path, pi8_inventory, capsys):
     bundle = make_bundle(tmp_path)
     rc = main(["compile", "--bundle", str(bundle), "--soc", "20T", "--runner", "board", "--board", "pi8"])
     err = capsys.readouterr().err
@@ -389,12 +395,7 @@ def test_local_runner_find_uses_the_given_path(tmp_path):
     assert "TEST DOUBLE" in (FAKE_BIN / "atc").read_text().splitlines()[1]
 
 
-def test_unreachable_board_is_one_line_and_leaves_the_bundle(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("fabric", reason="deploy extras not installed")
-    inv = tmp_path / "inventory.yml"
-    inv.write_text("boards:\n  - {name: pi8, host: 10.0.0.8, user: u, key: /nonexistent/key, path: /opt/e, "
-                   "backend: acl, soc: Ascend310B4}\n")
-    monkeypatch.setenv("EDGE_LLM_INVENTORY", str(inv))
+def test_unreachable_board_is_one_line_and_leaves_the_bundle(tmp_path, pi8_inventory, capsys):
     bundle = make_bundle(tmp_path)
     before = snapshot(bundle)
     rc = main(["compile", "--bundle", str(bundle), "--soc", "8T", "--runner", "board", "--board", "pi8"])
