@@ -46,6 +46,7 @@ class Engine:
 
     def reset(self) -> None:
         self.cache.reset()
+        self.backend.clear_kv(self.cache.kv)
         self.fed = []
 
     def feed(self, ids, all_logits: bool = False) -> np.ndarray:

@@ -85,6 +85,6 @@ class KVCache:
         self.next_pos += n
 
     def reset(self) -> None:
-        # Stale values stay in the buffer; masked slots are never read, so zeroing would be wasted work.
+        # Stale values stay here; the backend zeroes device memory (Backend.clear_kv) where needed.
         self.slot_pos[:] = EMPTY
         self.next_pos = 0

@@ -6,13 +6,16 @@ acl.rt.memcpy moves bytes with ctypes. "Executing" a model runs the bundle's mod
 onnxruntime on the bytes found in the input buffers. The .om it loads is a JSON stand-in written
 by `write_fake_om`, describing the gears ATC would have compiled (one per prefill chunk size).
 It checks what real ACL would reject: unknown handles, oversized copies, dims that are no gear,
-execution without dims, and it reports anything left allocated.
+execution without dims, and it reports anything left allocated. Like real device memory, what
+acl.rt.malloc hands out is not zeroed: it is filled with 0xFF bytes (NaN in fp16 and fp32).
+ACL contexts are per thread: a call from a thread without a current context fails.
 """
 from __future__ import annotations
 
 import ctypes
 import itertools
 import json
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,6 +28,7 @@ ACL_DEVICE, ACL_HOST = 0, 1
 H2D, D2H = 1, 2
 ERR_INVALID_PARAM = 100000
 ERR_REPEAT_INIT = 100002
+ERR_CONTEXT_NULL = 107002  # ACL_ERROR_RT_CONTEXT_NULL
 DYNAMIC_INPUT = "ascend_mbatch_shape_data"
 ACL_DTYPE = {"float32": 0, "float16": 1, "int64": 9}
 NP_DTYPE = {v: k for k, v in ACL_DTYPE.items()}
@@ -81,11 +85,13 @@ class FakeAcl:
         self.descs: dict[int, int | None] = {}
         self.dims: dict[int, list[int]] = {}  # dataset -> dynamic dims set for it
         self.contexts: set[int] = set()
+        self.current: dict[int, int] = {}  # thread id -> its current context
         self.initialized = False
         self.device = None
         self._ids = itertools.count(1000)
         self.rt = SimpleNamespace(**{n: getattr(self, f"rt_{n}") for n in (
-            "set_device", "reset_device", "create_context", "destroy_context", "get_run_mode", "malloc", "free", "memcpy")})
+            "set_device", "reset_device", "create_context", "destroy_context", "get_run_mode", "malloc", "free", "memcpy", "memset",
+            "set_context")})
         self.mdl = SimpleNamespace(**{n: getattr(self, f"mdl_{n}") for n in (
             "load_from_file", "unload", "create_desc", "get_desc", "destroy_desc", "get_num_inputs", "get_num_outputs",
             "get_input_name_by_index", "get_output_name_by_index", "get_input_size_by_index", "get_output_size_by_index",
@@ -143,7 +149,18 @@ class FakeAcl:
         self._log("rt.create_context")
         handle = next(self._ids)
         self.contexts.add(handle)
+        self.current[threading.get_ident()] = handle  # a new context becomes the thread's current one
         return handle, 0
+
+    def rt_set_context(self, context):
+        self._log("rt.set_context")
+        if context not in self.contexts:
+            return ERR_INVALID_PARAM
+        self.current[threading.get_ident()] = context
+        return 0
+
+    def _check_context(self):
+        return 0 if self.current.get(threading.get_ident()) in self.contexts else ERR_CONTEXT_NULL
 
     def rt_destroy_context(self, context):
         self._log("rt.destroy_context")
@@ -158,13 +175,20 @@ class FakeAcl:
 
     def rt_malloc(self, size, policy):
         self._log("rt.malloc")
-        buf = np.zeros(max(size, 1), dtype=np.uint8)
+        buf = np.full(max(size, 1), 0xFF, dtype=np.uint8)  # not zeroed, like device memory
         self.memory[buf.ctypes.data] = buf
         return buf.ctypes.data, 0
 
     def rt_free(self, ptr):
         self._log("rt.free")
         return 0 if self.memory.pop(ptr, None) is not None else ERR_INVALID_PARAM
+
+    def rt_memset(self, ptr, max_count, value, count):
+        self._log("rt.memset")
+        if count > max_count or not self._device_range(ptr, count) or not 0 <= value <= 255:
+            return ERR_INVALID_PARAM
+        ctypes.memset(ptr, value, count)
+        return 0
 
     def _device_range(self, ptr, count):
         return any(base <= ptr and ptr + count <= base + buf.nbytes for base, buf in self.memory.items())
@@ -279,6 +303,8 @@ class FakeAcl:
         om = self.models.get(model_id)
         if om is None or in_ds not in self.dims:
             return ERR_INVALID_PARAM
+        if self._check_context():
+            return self._check_context()
         flat, feeds = list(self.dims[in_ds]), {}
         for spec, handle in zip(om["inputs"], self.datasets[in_ds]):
             if spec["name"] == DYNAMIC_INPUT:

@@ -106,3 +106,52 @@ def test_fp16_kv_cache_in_shared_device_memory(tmp_path_factory, monkeypatch):
         assert engine.cache.kv.dtype == np.float16
         assert engine.cache.kv.ctypes.data == backend._inputs[backend._in_index[3]].ptr
     assert got.tokens == expected.tokens and len(got.tokens) > 5
+
+
+def test_device_memory_is_zeroed_after_malloc_and_after_reset(om_bundle, monkeypatch):
+    fake = FakeAcl(run_mode=ACL_DEVICE)  # its malloc returns 0xFF bytes: NaN as fp32
+    monkeypatch.setitem(sys.modules, "acl", fake)
+    with open_backend(om_bundle, "acl") as backend:
+        assert fake.calls.count("rt.memset") == fake.calls.count("rt.malloc") > 0
+        _, engine = run(om_bundle, backend, 8)
+        assert engine.cache.used > 0 and np.abs(engine.cache.kv).max() > 0
+        engine.cache.kv[...] = np.nan  # what a previous conversation could leave behind, at worst
+        engine.reset()
+        assert not np.any(engine.cache.kv)  # the device buffer itself: the cache lives there
+        assert fake.calls[-1] == "rt.memset"
+
+
+def test_teardown_runs_every_step_and_raises_the_first_failure(om_bundle, monkeypatch):
+    fake = FakeAcl()
+    monkeypatch.setitem(sys.modules, "acl", fake)
+    backend = open_backend(om_bundle, "acl")
+    first_buffer = backend._inputs[0].ptr
+    free = fake.rt.free
+    fake.rt.free = lambda ptr: 507899 if ptr == first_buffer else free(ptr)
+    with pytest.raises(BoardError, match="acl.rt.free failed with ACL error 507899"):
+        backend.close()
+    assert fake.leaks() == ["1 device buffers"]  # everything else was still released
+    assert fake.calls[-2:] == ["rt.reset_device", "finalize"]
+
+
+def test_acl_initialised_by_someone_else_is_not_finalized(om_bundle, monkeypatch):
+    fake = FakeAcl()
+    monkeypatch.setitem(sys.modules, "acl", fake)
+    assert fake.init() == 0  # another component of the process owns ACL
+    with open_backend(om_bundle, "acl"):
+        pass
+    assert "finalize" not in fake.calls and fake.initialized
+
+
+def test_a_backend_used_from_another_thread_sets_its_context(om_bundle, monkeypatch):
+    import threading
+
+    monkeypatch.setitem(sys.modules, "acl", FakeAcl())
+    with open_backend(om_bundle, "acl") as backend:
+        results = {}
+        worker = threading.Thread(target=lambda: results.update(got=run(om_bundle, backend, 6)[0].tokens))
+        worker.start()
+        worker.join()
+        assert len(results["got"]) == 6
+    with open_backend(om_bundle, "onnxruntime", threads=1) as ort_backend:
+        assert run(om_bundle, ort_backend, 6)[0].tokens == results["got"]

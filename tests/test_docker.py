@@ -66,18 +66,27 @@ def test_cann_image_builds_the_plugin_and_installs_the_310b_kernels():
 
 
 # Stand-in headers (TEST ONLY): the slice of CANN's register/register.h and graph/operator.h
-# the plugin uses, declared as metadef documents them, so g++ can check the plugin's syntax
+# the plugin uses, declared as metadef documents them (no GetInputsSize: an ONNX plugin's
+# operator has no inputs, so calling it is an error here), so g++ can check the plugin's syntax
 # and calls here. The real check is building it against a toolkit (docker/plugin/build.sh).
 _STANDIN_OPERATOR_H = """
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 namespace ge {
 using graphStatus = uint32_t;
-class AscendString { public: AscendString(const char *s) : s_(s) {} private: const char *s_; };
+const graphStatus GRAPH_SUCCESS = 0;
+class AscendString {
+ public:
+  AscendString(const char *s) : s_(s) {}
+  std::size_t GetLength() const;
+ private:
+  const char *s_;
+};
 class Operator {
  public:
-  std::size_t GetInputsSize() const;
+  graphStatus GetAttr(const char *name, std::vector<AscendString> &attr_value) const;
   Operator &SetAttr(const char *name, bool v);
   Operator &SetAttr(const char *name, int64_t v);
 };
@@ -123,3 +132,4 @@ def test_plugin_source_compiles_against_the_documented_api(tmp_path):
     p = subprocess.run([gxx, "-std=c++17", "-fsyntax-only", "-Wall", "-Werror", "-I", str(tmp_path),
                         str(PLUGIN / "matmul_integer_plugin.cc")], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
+

@@ -4,7 +4,9 @@ Lifecycle: acl.init -> rt.set_device -> rt.create_context -> mdl.load_from_file 
 one input and one output dataset of device buffers sized for the largest compiled gear; each step
 copies inputs in, sets the dynamic dims of the chunk size (ATC --dynamic_dims gears, input
 "ascend_mbatch_shape_data"), executes, and reads outputs back at their current dims. Teardown
-runs in reverse. Every return code is checked.
+runs in reverse, every step even after one fails, then raises the first failure. Every return
+code is checked. Device memory is zeroed after malloc: masked KV slots still enter the attention
+product, and garbage there (a NaN) would spread to every logit.
 
 On the Orange Pi AI Pro (Ascend 310B SoC) the program runs on the board's own CPU
 (rt.get_run_mode() == ACL_DEVICE) and host and device share memory: buffers are then read and
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -51,11 +54,20 @@ class _Buffer:
         self.name, self.size = name, size
         self.ptr, ret = acl.rt.malloc(size, ACL_MEM_MALLOC_HUGE_FIRST)
         check(ret, f"acl.rt.malloc({size}) for {name}")
-        self.data_buffer = acl.create_data_buffer(self.ptr, size)
-        if not self.data_buffer:
+        try:
+            zero(acl, self.ptr, size, name)
+            self.data_buffer = acl.create_data_buffer(self.ptr, size)
+            if not self.data_buffer:
+                raise BoardError(f"acl.create_data_buffer failed for {name}")
+        except BoardError:
             acl.rt.free(self.ptr)
-            raise BoardError(f"acl.create_data_buffer failed for {name}")
+            raise
         self.view = host_view(self.ptr, size) if shared else None
+
+
+def zero(acl, ptr: int, size: int, name: str) -> None:
+    """Fill device memory with zeros (acl.rt.malloc hands out whatever was there)."""
+    check(acl.rt.memset(ptr, size, 0, size), f"acl.rt.memset({size}) for {name}")
 
 
 class AclBackend(Backend):
@@ -74,8 +86,11 @@ class AclBackend(Backend):
         self._inputs: list[_Buffer] = []
         self._outputs: list[_Buffer] = []
         self._datasets: list[int] = []
+        self._thread = threading.get_ident()
         ret = acl.init()
-        if ret != ACL_ERROR_REPEAT_INITIALIZE:  # another component may have initialised ACL already
+        # ACL already initialised by another component in this process: it owns acl.finalize too
+        self._owns_acl = ret != ACL_ERROR_REPEAT_INITIALIZE
+        if self._owns_acl:
             check(ret, "acl.init")
         try:
             self._open(Path(om_path))
@@ -131,6 +146,12 @@ class AclBackend(Backend):
             check(ret, f"acl.mdl.add_dataset_buffer({buf.name})")
         return dataset
 
+    def _bind_thread(self) -> None:
+        """ACL contexts are per thread: make ours current when called from another thread."""
+        if threading.get_ident() != self._thread:
+            check(self.acl.rt.set_context(self._context), "acl.rt.set_context")
+            self._thread = threading.get_ident()
+
     def kv_buffer(self, shape: tuple, dtype: str) -> np.ndarray | None:
         """On shared memory the cache is the device input buffer itself: no per-step KV copy."""
         if not self.shared:
@@ -140,6 +161,14 @@ class AclBackend(Backend):
         if nbytes > buf.size:
             raise BoardError(f"KV cache of {nbytes} bytes does not fit the model's {buf.size}-byte input")
         return buf.view[:nbytes].view(dtype).reshape(shape)
+
+    def clear_kv(self, kv: np.ndarray) -> None:
+        """Zero the device KV input (the cache itself on shared memory) and the host cache."""
+        self._bind_thread()
+        buf = self._inputs[self._in_index[3]]
+        zero(self.acl, buf.ptr, buf.size, buf.name)
+        if kv.ctypes.data != buf.ptr:
+            kv[...] = 0
 
     def _write(self, buf: _Buffer, arr: np.ndarray) -> None:
         arr = np.ascontiguousarray(arr)
@@ -168,6 +197,7 @@ class AclBackend(Backend):
         return out
 
     def forward(self, input_ids, attention_mask, position_ids, past_key_values):
+        self._bind_thread()
         arrays = (input_ids, attention_mask, position_ids, past_key_values)
         for index, arr in zip(self._in_index, arrays):
             self._write(self._inputs[index], arr)
@@ -183,21 +213,34 @@ class AclBackend(Backend):
         return self._read(0), self._read(1)
 
     def close(self) -> None:
-        """Free buffers and datasets, unload the model, destroy desc/context, reset the device, finalize."""
+        """Free buffers and datasets, unload the model, destroy desc/context, reset the device, finalize.
+
+        Every step runs even when an earlier one fails; the first failure is raised at the end.
+        """
         if self._closed:
             return
         self._closed = True
-        acl = self.acl
+        acl, steps = self.acl, []
+        if self._context is not None and threading.get_ident() != self._thread:
+            steps.append((lambda: acl.rt.set_context(self._context), "acl.rt.set_context"))
         for buf in self._inputs + self._outputs:
-            check(acl.destroy_data_buffer(buf.data_buffer), "acl.destroy_data_buffer")
-            check(acl.rt.free(buf.ptr), "acl.rt.free")
-        for dataset in self._datasets:
-            check(acl.mdl.destroy_dataset(dataset), "acl.mdl.destroy_dataset")
+            steps += [(lambda b=buf: acl.destroy_data_buffer(b.data_buffer), "acl.destroy_data_buffer"),
+                      (lambda b=buf: acl.rt.free(b.ptr), "acl.rt.free")]
+        steps += [(lambda d=d: acl.mdl.destroy_dataset(d), "acl.mdl.destroy_dataset") for d in self._datasets]
         if self._model_id is not None:
-            check(acl.mdl.unload(self._model_id), "acl.mdl.unload")
+            steps.append((lambda: acl.mdl.unload(self._model_id), "acl.mdl.unload"))
         if self._desc is not None:
-            check(acl.mdl.destroy_desc(self._desc), "acl.mdl.destroy_desc")
+            steps.append((lambda: acl.mdl.destroy_desc(self._desc), "acl.mdl.destroy_desc"))
         if self._context is not None:
-            check(acl.rt.destroy_context(self._context), "acl.rt.destroy_context")
-        check(acl.rt.reset_device(self.device_id), "acl.rt.reset_device")
-        check(acl.finalize(), "acl.finalize")
+            steps.append((lambda: acl.rt.destroy_context(self._context), "acl.rt.destroy_context"))
+        steps.append((lambda: acl.rt.reset_device(self.device_id), "acl.rt.reset_device"))
+        if self._owns_acl:
+            steps.append((acl.finalize, "acl.finalize"))
+        first = None
+        for call, name in steps:
+            try:
+                check(call(), name)
+            except BoardError as e:
+                first = first or e
+        if first is not None:
+            raise first

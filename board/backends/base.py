@@ -29,6 +29,9 @@ class Backend(ABC):
         """Memory for the KV cache that the accelerator reads without a copy, or None to use plain numpy."""
         return None
 
+    def clear_kv(self, kv: np.ndarray) -> None:
+        """Zero the KV memory on reset; plain numpy caches start zeroed and only ever hold finite values."""
+
     def close(self) -> None:
         """Release the runtime's resources; safe to call twice."""
 

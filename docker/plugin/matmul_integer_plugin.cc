@@ -8,11 +8,17 @@
  *
  * Only the s8s8 dialect is mapped: int8 operands with no zero points (or constant zeros).
  * ONNX inputs are passed on by position, so MatMulInteger's a_zero_point/b_zero_point would
- * land on BatchMatMulV2's bias/offset_w slots; such nodes are refused here, and host/opcheck.py
- * refuses them on the workstation before ATC ever runs.
+ * land on BatchMatMulV2's bias/offset_w slots; such nodes are refused here, and
+ * host/ascend/opcheck.py refuses them on the workstation before ATC ever runs.
+ *
+ * The operator handed to this function is built from the ONNX NodeProto's fields only
+ * (Ascend/parser Message2Operator::ParseOperatorAttrs): it has no inputs yet, so
+ * GetInputsSize() is always 0. The node's input names arrive as its repeated-string "input"
+ * attribute; an omitted optional input is an empty name.
  */
 #include <cstddef>
 #include <string>
+#include <vector>
 
 #include "graph/operator.h"
 #include "register/register.h"
@@ -23,11 +29,23 @@ namespace {
 constexpr std::size_t kMatMulIntegerOperands = 2;  // A, B; zero points would be inputs 3 and 4
 }  // namespace
 
+std::size_t CountNamedInputs(const ge::Operator &op_src) {
+  std::vector<ge::AscendString> names;
+  if (op_src.GetAttr("input", names) != ge::GRAPH_SUCCESS) {
+    return 0;  // no "input" field on this node: nothing to refuse
+  }
+  std::size_t named = 0;
+  for (const auto &name : names) {
+    if (name.GetLength() > 0) {
+      ++named;
+    }
+  }
+  return named;
+}
+
 Status ParseParamsMatMulInteger(const ge::Operator &op_src, ge::Operator &op_dest) {
-  // The parser fills op_src's inputs from the ONNX node when it can; zero if it does not,
-  // in which case host/opcheck.py is the guard.
-  if (op_src.GetInputsSize() > kMatMulIntegerOperands) {
-    return FAILED;  // zero-point inputs: not the s8s8 dialect (rebuild with --target ascend)
+  if (CountNamedInputs(op_src) > kMatMulIntegerOperands) {
+    return FAILED;  // zero-point inputs: the u8u8 dialect, not s8s8 (rebuild with --target ascend)
   }
   op_dest.SetAttr("adj_x1", false);  // ONNX MatMulInteger has no transposes
   op_dest.SetAttr("adj_x2", false);
