@@ -57,3 +57,12 @@ def stories_bundles(tmp_path_factory) -> dict:
 def stories_bundle(stories_bundles) -> Path:
     """The fp32 stories260K bundle."""
     return stories_bundles["none"]
+
+
+# --- a real chat model (tests/support/models.py) ---------------------------------------------
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct, fetched once into ~/.cache/edge-llm/models: `.gguf` and `.hf_dir`."""
+    from tests.support.models import smollm2 as fetch
+
+    return fetch()

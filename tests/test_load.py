@@ -241,3 +241,11 @@ def test_corrupt_safetensors_is_refused(hf_dir):
     (directory / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
     with pytest.raises(InputError, match=r"cannot load the checkpoint .*re-download it"):
         load_model(str(directory))
+
+
+def test_smollm2_fetched_checkpoint_loads_as_a_tied_30_layer_llama(smollm2):
+    loaded = load_model(str(smollm2.hf_dir))
+    numbers = arch_numbers(loaded.config)
+    assert (numbers["num_layers"], numbers["num_heads"], numbers["num_kv_heads"], numbers["vocab_size"]) == (30, 9, 3, 49152)
+    assert loaded.model.lm_head.weight.data_ptr() == loaded.model.model.embed_tokens.weight.data_ptr()  # tied
+    assert smollm2.gguf.stat().st_size == 98362432
