@@ -19,7 +19,7 @@ from sshd import ROOT, fab, sshd, write_inventory  # noqa: F401  (sshd is a fixt
 
 pytestmark = pytest.mark.ssh
 BASE_PYTHON = getattr(sys, "_base_executable", sys.executable)
-PINS = "numpy==2.4.6, onnxruntime==1.32.0, tokenizers==0.23.3"
+PINS = "jinja2==3.1.6, numpy==2.4.6, onnxruntime==1.32.0, tokenizers==0.23.3"
 
 
 def snapshot(root: Path) -> dict:
