@@ -143,6 +143,22 @@ def _run_verify(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"ok: {args.bundle} ({len(manifest.files)} files match their sha256)")
+    return _check_om_cann(manifest)
+
+
+def _check_om_cann(manifest) -> int:
+    """An .om loads on the CANN it was built with or a newer one: compare with this machine's toolkit."""
+    from board.ascend import cann_mismatch, toolkit_version
+
+    if not manifest.graph.om or not manifest.graph.om_cann:
+        return 0
+    board_cann = toolkit_version()["version"]
+    problem = cann_mismatch(manifest.graph.om_cann, board_cann)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
+    print(f"ok: model.om built with CANN {manifest.graph.om_cann}; this machine has "
+          f"{'CANN ' + board_cann if board_cann else 'no CANN toolkit (the onnxruntime backend still works)'}")
     return 0
 
 

@@ -56,7 +56,9 @@ class Graph:
     onnx: str = "model.onnx"
     om: str | None = None  # set when ATC compiled the graph
     om_soc: str | None = None  # the chip the .om was compiled for (Ascend310B1 = 20T, Ascend310B4 = 8T)
+    om_cann: str | None = None  # the CANN version ATC came from; the .om loads on that or a newer CANN
     opset: int = 17
+    compute_dtype: str = "float32"  # activations, norms and attention ("float16": the Ascend default)
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,7 @@ def setup(remote: Remote, wheels: Path | None = None, with_plugin: bool = False,
     root = remote.root
     made = remote.onboard("mkdirs", dirs=[root, f"{root}/releases"])["made"]
     steps = [Step("install path", bool(made), f"{root} " + ("created" if made else "exists"))]
-    probe = remote.onboard("probe", root=root, modules=[], cann_candidates=cann_candidates(remote.board), vendor=PLUGIN_VENDOR)
+    probe = remote.onboard("probe", root=root, modules=[], cann_candidates=cann_candidates(remote.board))
     cann = probe["cann_scripts"][0] if probe["cann_scripts"] else None
     plugin_dir = None
     if with_plugin:

@@ -2,22 +2,25 @@
 
 Verdicts: ok, warn (works, but look), fail (cannot run the bundle), absent (not there and
 not needed for this board's backend), skip (nothing to compare against). Each non-ok check
-says how to fix it. The board-side facts come from deploy.onboard.op_probe, run the way board
+says how to fix it. The board-side facts come from deploy.onboard.op_probe and board/ascend.py
+(chip, plugin, CANN version: the same code the compiler and the board use), run the way board
 code runs (venv python, CANN environment), so "importable" means importable for `fab chat`.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from board import ascend
+from board.ascend import PLUGIN_VENDOR
 from deploy.errors import DeployError
 from deploy.inventory import Board
 from deploy.progress import human_bytes
 from deploy.remote import CANN_ENV_CANDIDATES, Remote, connect
 
 MIN_PYTHON = (3, 10)  # pyproject.toml's requires-python
-BOARD_MODEL = {"Ascend310B1": "20T", "Ascend310B4": "8T"}
-PLUGIN_VENDOR = "edge_llm"  # docker/plugin installs into <opp>/vendors/edge_llm
+ASCEND_SOURCE = Path(ascend.__file__).read_text()  # run on the board, prints its Ascend facts
 REQUIREMENTS = Path(__file__).resolve().parents[1] / "board" / "requirements.txt"
 MODULES = ("numpy", "tokenizers", "onnxruntime", "acl")
 SETUP = "fab setup --board {board}"
@@ -40,6 +43,7 @@ class Needs:
     graph_bytes: dict  # {"onnx": n, "om": n}
     on_board: bool  # already deployed there: no disk needed
     om_soc: str | None = None  # chip the bundle's .om was compiled for
+    om_cann: str | None = None  # CANN version the bundle's .om was compiled with
 
 
 def pins(path: Path = REQUIREMENTS) -> dict:
@@ -92,28 +96,13 @@ def _cann(board: Board, probe: dict, root: str) -> Check:
     return Check("cann", "ok" if probe["env_sh"] else "warn", f"{scripts[0]}, {how}", fix)
 
 
-def _npu(board: Board, probe: dict, needs: "Needs | None") -> Check:
-    npu, needed = probe["npu"], board.backend == "acl"
-    if not npu["found"]:
-        if needed:
-            return Check("npu", "fail", "npu-smi not found: no NPU driver", "install the Ascend NPU driver and firmware")
-        return Check("npu", "absent", f"npu-smi not found; not needed for backend {board.backend}")
-    if not npu.get("ok"):
-        return Check("npu", "fail" if needed else "warn", f"npu-smi info failed ({npu.get('error')})",
-                     "check the NPU driver (dmesg, npu-smi info as root)")
-    chip = npu.get("chip")
-    if not chip:
-        return Check("npu", "warn", "npu-smi info names no 310B chip", "check the board model")
-    model = BOARD_MODEL.get(chip, "?")
-    if board.soc and board.soc != chip:
-        return Check("npu", "warn", f"{chip} ({model}) but the inventory says soc {board.soc}",
-                     f"set soc: {chip} in the inventory and compile the bundle with --soc {chip}")
-    if needs is not None and needs.om_soc and needs.om_soc != chip:
-        return Check("npu", "fail" if board.backend == "acl" else "warn",
-                     f"{chip} ({model}) but {needs.what}'s model.om was compiled for {needs.om_soc} "
-                     f"({BOARD_MODEL.get(needs.om_soc, '?')}): it will not load",
-                     f"recompile: python -m host compile --bundle DIR --soc {chip}")
-    return Check("npu", "ok", f"{chip} ({model})")
+def _ascend(board: Board, probe: dict, needs: "Needs | None", facts: dict) -> list:
+    """npu, toolkit and plugin checks from board/ascend.py's facts (see its *_verdict functions)."""
+    needed, what = board.backend == "acl", needs.what if needs else ""
+    return [Check("npu", *ascend.chip_verdict(facts["chip"], board.soc, needs and needs.om_soc, what, needed, board.backend)),
+            Check("toolkit", *ascend.cann_verdict(facts["cann"], needs and needs.om_cann, what, needed)),
+            Check("plugin", *ascend.plugin_verdict(facts["plugin"], bool(probe["cann_scripts"]),
+                                                   f"fab setup --board {board.name} --with-plugin"))]
 
 
 def _memory_and_disk(board: Board, probe: dict, needs: Needs | None, root: str) -> list:
@@ -145,17 +134,6 @@ def _memory_and_disk(board: Board, probe: dict, needs: Needs | None, root: str) 
     return checks
 
 
-def _plugin(board: Board, probe: dict) -> Check:
-    plugin = probe["plugin"]
-    if plugin["found"]:
-        return Check("plugin", "ok", f"custom op plugin in {plugin['path']}")
-    if not probe["cann_scripts"]:
-        return Check("plugin", "absent", "no custom op plugin (no CANN either); needed only to compile with ATC on the board")
-    return Check("plugin", "warn", f"no custom op plugin under ASCEND_CUSTOM_OPP_PATH or $ASCEND_OPP_PATH/vendors/{PLUGIN_VENDOR}; "
-                                   f"needed only to compile W8A8 graphs with ATC on the board",
-                 f"fab setup --board {board.name} --with-plugin")
-
-
 def cann_candidates(board: Board) -> list:
     return [board.cann_env] if board.cann_env else ["~/" + p if not p.startswith("/") else p for p in CANN_ENV_CANDIDATES]
 
@@ -166,21 +144,32 @@ def _needs(probe: dict, bundle) -> Needs | None:
         record = bundle.record()["bundle"]
         on_board = bundle.release_id in {r["id"] for r in probe["releases"]}
         return Needs(f"bundle {bundle.manifest.model.get('name')}", record["bytes"], record["graph_bytes"], on_board,
-                     record.get("om_soc"))
+                     record.get("om_soc"), record.get("om_cann"))
     for r in probe["releases"]:
         if r["id"] == probe["current"]:
             b = r.get("bundle") or {}
-            return Needs(f"release {r['id']}", b.get("bytes", 0), b.get("graph_bytes") or {}, True, b.get("om_soc"))
+            return Needs(f"release {r['id']}", b.get("bytes", 0), b.get("graph_bytes") or {}, True, b.get("om_soc"),
+                         b.get("om_cann"))
     return None
+
+
+def _ascend_facts(remote: Remote) -> dict:
+    r = remote.python(["-c", ASCEND_SOURCE])
+    try:
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        why = (r.stderr.strip().splitlines() or [f"exit status {r.exited}"])[-1]
+        raise DeployError(remote.board.name, f"board/ascend.py failed on the board: {why}") from None
 
 
 def examine(remote: Remote, bundle=None) -> list:
     """All checks for one connected board."""
     board = remote.board
     probe = remote.onboard("probe", runtime=True, root=remote.root, modules=list(MODULES),
-                           cann_candidates=cann_candidates(board), vendor=PLUGIN_VENDOR)
+                           cann_candidates=cann_candidates(board))
     arch = probe["machine"]
     needs = _needs(probe, bundle)
+    facts = _ascend_facts(remote)
     py = ".".join(map(str, probe["python"]))
     return [
         Check("ssh", "ok", f"reachable at {board.host}:{board.port} as {board.user}"),
@@ -191,9 +180,8 @@ def examine(remote: Remote, bundle=None) -> list:
               "install a newer python3 and set 'python' in the inventory"),
         *_modules(board, probe),
         _cann(board, probe, remote.root),
-        _npu(board, probe, needs),
+        *_ascend(board, probe, needs, facts),
         *_memory_and_disk(board, probe, needs, remote.root),
-        _plugin(board, probe),
     ]
 
 

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import yaml
 
+from board.ascend import SOCS, soc_hint
 from deploy.errors import InventoryError
 
 DEFAULT_INVENTORY = Path(__file__).resolve().parents[1] / "inventory.yml"
 BACKENDS = ("acl", "onnxruntime")
-# The Orange Pi AIpro's two NPU variants: 20 TOPS and 8 TOPS.
-SOCS = ("Ascend310B1", "Ascend310B4")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -90,7 +89,7 @@ def _check(board: dict, where: str) -> None:
     if board["backend"] not in BACKENDS:
         raise bad("backend", f"must be one of {', '.join(BACKENDS)}")
     if board.get("soc") is not None and board["soc"] not in SOCS:
-        raise bad("soc", f"must be {SOCS[0]} (20T) or {SOCS[1]} (8T)")
+        raise bad("soc", f"must be one of {', '.join(SOCS)} ({soc_hint()})")
     if "trust_new_host" in board and not isinstance(board["trust_new_host"], bool):
         raise bad("trust_new_host", "must be true or false")
     path = board["path"]

@@ -217,38 +217,9 @@ def _module(name):
     return {"ok": True, "version": getattr(module, "__version__", None)}
 
 
-def _npu(timeout):
-    """`npu-smi info`: whether it runs and which chip (310B1 / 310B4) it names."""
-    import re
-    import subprocess
-
-    path = shutil.which("npu-smi")
-    if not path:
-        return {"found": False}
-    try:
-        p = subprocess.run([path, "info"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return {"found": True, "ok": False, "error": str(e)}
-    text = p.stdout.decode("utf-8", "replace")
-    chip = re.search(r"\b(310B\d)\b", text)
-    return {"found": True, "ok": p.returncode == 0, "chip": chip and "Ascend" + chip.group(1),
-            "error": None if p.returncode == 0 else text.strip().splitlines()[-1:]}
-
-
-def _plugin(vendor):
-    """Where the custom op plugin is installed, if anywhere ATC looks."""
-    places = [p for p in os.environ.get("ASCEND_CUSTOM_OPP_PATH", "").split(":") if p]
-    if os.environ.get("ASCEND_OPP_PATH"):
-        places.append(os.path.join(os.environ["ASCEND_OPP_PATH"], "vendors", vendor))
-    for place in places:
-        for dirpath, _, names in os.walk(place):
-            if any(n.endswith(".so") for n in names):
-                return {"found": True, "path": place}
-    return {"found": False, "searched": places}
-
-
 def op_probe(args):
-    """What the board offers to board code: arch, python, modules, CANN, NPU, memory, disk."""
+    """What the board offers to board code: arch, python, modules, CANN, memory, disk (chip, plugin
+    and CANN version: board/ascend.py)."""
     import platform
 
     root = args["root"]
@@ -261,8 +232,6 @@ def op_probe(args):
         "cann_scripts": [p for p in candidates if os.path.isfile(p)],
         "cann_env": {k: os.environ.get(k) for k in ("ASCEND_TOOLKIT_HOME", "ASCEND_HOME_PATH", "ASCEND_OPP_PATH")},
         "env_sh": os.path.isfile(os.path.join(root, "env.sh")),
-        "npu": _npu(args.get("npu_timeout", 15)),
-        "plugin": _plugin(args["vendor"]),
         "mem_available": _mem_available(),
         "free_disk": _free(root),
         "current": _current_id(root),

@@ -45,6 +45,7 @@ class Payload:
                 "kv_len": m.graph.kv_len,
                 "om": m.graph.om,
                 "om_soc": m.graph.om_soc,
+                "om_cann": m.graph.om_cann,
                 "bytes": sum(self.size(n) for n in self.files),
                 "graph_bytes": graph_bytes(m),
             },

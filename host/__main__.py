@@ -64,8 +64,9 @@ def _run_build(args) -> int:
 
 # --- compile (owner: Ascend compile step) ------------------------------------------------
 def _add_compile(sub) -> None:
-    from host.atc import DEFAULT_PRECISION, PRECISION_MODES, soc_hint
-    from host.compile import DEFAULT_IMAGE, RUNNERS
+    from board.ascend import soc_hint
+    from host.ascend.atc import DEFAULT_PRECISION, PRECISION_MODES
+    from host.ascend.runners import DEFAULT_IMAGE, RUNNERS
 
     p = sub.add_parser("compile", help="compile a bundle's ONNX to an Ascend .om with ATC")
     p.add_argument("--bundle", required=True, help="bundle directory (from `python -m host build --target ascend`)")
@@ -74,7 +75,8 @@ def _add_compile(sub) -> None:
                    help="where ATC runs: local atc, the CANN Docker image, or the board (auto: first available)")
     p.add_argument("--board", help="inventory board name, for --runner board")
     p.add_argument("--precision-mode", choices=PRECISION_MODES, default=DEFAULT_PRECISION,
-                   help="ATC --precision_mode_v2 (default: origin, keeps fp32 where the graph has it)")
+                   help="ATC --precision_mode_v2 (default: origin: the graph's own dtypes, fp16 compute in an "
+                        "Ascend bundle; fp16/mixed_float16 would also narrow the int32 rescale of the integer matmuls)")
     p.add_argument("--image", default=DEFAULT_IMAGE, help="CANN image tag for --runner docker")
     p.add_argument("--dry-run", action="store_true", help="check ops and print the ATC command; run nothing")
     p.add_argument("--check-only", action="store_true", help="only list the graph's ops against ATC's support")
@@ -86,7 +88,7 @@ def _run_compile(args) -> int:
     import json
     from pathlib import Path
 
-    from host.compile import CompileConfig, command_for, compile_bundle, prepare
+    from host.ascend.compile import CompileConfig, command_for, compile_bundle, prepare
 
     config = CompileConfig(bundle=Path(args.bundle), soc=args.soc, runner=args.runner,
                            precision_mode=args.precision_mode, image=args.image, board=args.board)
@@ -94,12 +96,14 @@ def _run_compile(args) -> int:
         manifest, report = prepare(config)
         result = {"opcheck": report.to_dict()}
         if args.dry_run:
-            result.update(command_for(config, manifest, None, Path(config.bundle).resolve()).to_dict())
+            command = command_for(config, manifest, None, Path(config.bundle).resolve())
+            result.update(command.to_dict())
         if args.json:
             print(json.dumps(result, indent=2))
         else:
             print(report.summary())
             if args.dry_run:
+                print(command.summary())
                 print(result["command"])
         return 0 if report.ok else 1
     result = compile_bundle(config)

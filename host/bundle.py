@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 from board.manifest import (
@@ -48,23 +49,46 @@ def staging(out: Path):
     swap_into_place(stage, out)
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def swapped(new: Path, target: Path):
+    """Rename `new` (file or directory) to `target`, the previous one moved aside, for the block.
+
+    When the block raises, the previous `target` is put back (or the new one removed when there
+    was none); when it succeeds, the previous one is deleted. Readers see a missing `target`
+    only for the instant between the two renames.
+    """
+    new, target = Path(new), Path(target)
+    backup = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    had_old = os.path.lexists(target)
+    if had_old:
+        os.replace(target, backup)
+    try:
+        os.replace(new, target)
+        yield target
+    except BaseException:
+        if os.path.lexists(target) and not os.path.lexists(new):
+            _remove(target)
+        if had_old:
+            os.replace(backup, target)
+        raise
+    if had_old:
+        _remove(backup)
+
+
 def swap_into_place(stage: Path, out: Path) -> None:
     """Rename `stage` to `out`, moving a previous bundle aside first and deleting it afterwards."""
     os.chmod(stage, 0o755)  # mkdtemp makes it 0700, and onnx writes external data 0600:
     for path in stage.rglob("*"):  # a bundle is read by other users (the board's, a container's)
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-        os.replace(out, old / "bundle")
-    try:
-        os.replace(stage, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old / "bundle", out)  # put the previous bundle back
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    with swapped(stage, out):
+        pass
 
 
 def bundle_files(stage: Path) -> list[str]:

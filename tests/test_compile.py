@@ -1,4 +1,4 @@
-"""host/atc.py + host/compile.py: the ATC command, runner selection, and the bundle update.
+"""host/ascend/: the ATC command, runner selection, and the bundle update.
 
 ATC itself is not on these machines: the runner tests use tests/fake_bin/atc, a stand-in
 executable that validates its arguments like ATC and writes an .om holding them.
@@ -21,11 +21,11 @@ from board.manifest import (
     write_manifest,
 )
 from host.__main__ import main
-from host.atc import derive_atc_command, derive_input_shapes, resolve_soc
-from host.compile import (
-    BOARD_ATC_ENV, BoardRunner, CompileConfig, CompileError, DockerRunner, LocalRunner, ToolMissing, compile_bundle,
-    find_plugin, select_runner,
-)
+from board.ascend import find_plugin
+from host.ascend.atc import BOARD_ATC_ENV, CompileError, ToolMissing, derive_atc_command, derive_input_shapes, resolve_soc
+from host.ascend.board_runner import BoardRunner
+from host.ascend.compile import CompileConfig, compile_bundle
+from host.ascend.runners import DockerRunner, LocalRunner, select_runner
 from host.errors import InputError
 from test_opcheck import tiny_llm_onnx
 
@@ -70,21 +70,33 @@ def snapshot(bundle: Path) -> dict:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(bundle.iterdir())}
 
 
-def install_fake_plugin(root: Path, marker=b"MatMulInteger") -> Path:
-    """A file where ATC looks for ONNX parser plugins, holding the op name as the real .so does."""
+def install_fake_plugin(root: Path, marker=b"MatMulInteger", enable=True) -> Path:
+    """A file where ATC looks for ONNX parser plugins, holding the op name as the real .so does;
+    `enable` lists the vendor in vendors/config.ini's load_priority, as docker/plugin/build.sh does."""
     lib = root / "vendors" / "edge_llm" / "framework" / "onnx" / "libcust_onnx_parsers.so"
     lib.parent.mkdir(parents=True)
     lib.write_bytes(b"\x7fELF...ai.onnx::17::" + marker + b"\x00")
+    if enable:
+        (root / "vendors" / "config.ini").write_text("load_priority=edge_llm,customize\n")
     return lib
+
+
+def fake_toolkit(root: Path, version: str) -> Path:
+    """A toolkit directory holding only its version file (ascend_toolkit_install.info), as CANN 8 writes it."""
+    home = root / "toolkit" / "latest"
+    (home / "x86_64-linux").mkdir(parents=True)
+    (home / "x86_64-linux" / "ascend_toolkit_install.info").write_text(f"package_name=Ascend-cann-toolkit\nversion={version}\n")
+    return home
 
 
 @pytest.fixture
 def fake_atc_env(tmp_path, monkeypatch):
-    """PATH with the stand-in atc first (and this venv's python3 for its onnx), plugin installed."""
+    """PATH with the stand-in atc first (and this venv's python3 for its onnx), plugin installed, CANN 8.0.RC1."""
     opp = tmp_path / "opp"
     install_fake_plugin(opp)
     monkeypatch.setenv("PATH", f"{FAKE_BIN}:{VENV_BIN}:/usr/bin:/bin")
     monkeypatch.setenv("ASCEND_OPP_PATH", str(opp))
+    monkeypatch.setenv("ASCEND_TOOLKIT_HOME", str(fake_toolkit(tmp_path, "8.0.RC1")))
     monkeypatch.delenv("ASCEND_CUSTOM_OPP_PATH", raising=False)
     monkeypatch.delenv("FAKE_ATC_FAIL", raising=False)
     return opp
@@ -168,7 +180,7 @@ def test_local_runner_puts_model_om_in_the_bundle_with_verified_checksums(tmp_pa
     assert rc == 0 and result["runner"] == "local"
     m = load_manifest(bundle)  # verifies every file's size and sha256
     assert m.graph.om == "model.om" and set(m.files) == {"model.onnx", "tokenizer.json", "model.om"}
-    assert m.graph.om_soc == "Ascend310B1"
+    assert m.graph.om_soc == "Ascend310B1" and m.graph.om_cann == "8.0.RC1" == result["cann"]
     om = (bundle / "model.om").read_bytes()
     assert om.startswith(b"FAKE-OM") and b"--dynamic_dims=1,65,1;16,80,16" in om
     assert m.files["model.om"].sha256 == hashlib.sha256(om).hexdigest() == result["sha256"]
@@ -182,6 +194,14 @@ def test_recompiling_replaces_the_om_and_its_checksum(tmp_path, fake_atc_env):
     assert first["sha256"] != second["sha256"]
     assert load_manifest(bundle).files["model.om"].sha256 == second["sha256"]
     assert b"--soc_version=Ascend310B4" in (bundle / "model.om").read_bytes()
+
+
+def test_a_plugin_whose_vendor_is_not_enabled_is_named_before_atc_runs(tmp_path, fake_atc_env, capsys):
+    bundle = make_bundle(tmp_path)
+    (fake_atc_env / "vendors" / "config.ini").write_text("load_priority=customize\n")
+    rc = main(["compile", "--bundle", str(bundle), "--soc", "Ascend310B1", "--runner", "local"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "vendor 'edge_llm' is not in" in err and "load_priority, so ATC ignores it" in err
 
 
 def test_missing_plugin_is_caught_before_atc_runs(tmp_path, fake_atc_env, monkeypatch, capsys):
@@ -198,8 +218,8 @@ def test_plugin_is_found_through_ascend_custom_opp_path(tmp_path):
     lib = install_fake_plugin(tmp_path / "custom")
     install_fake_plugin(tmp_path / "other", marker=b"SomethingElse")
     env = {"ASCEND_CUSTOM_OPP_PATH": f"{tmp_path / 'other' / 'vendors' / 'edge_llm'}:{lib.parents[2]}"}
-    assert find_plugin(env) == lib
-    assert find_plugin({"ASCEND_CUSTOM_OPP_PATH": str(tmp_path / "other" / "vendors" / "edge_llm")}) is None
+    assert find_plugin(env).lib == str(lib)
+    assert find_plugin({"ASCEND_CUSTOM_OPP_PATH": str(tmp_path / "other" / "vendors" / "edge_llm")}).lib is None
 
 
 @pytest.mark.parametrize("output, hint", [
@@ -270,11 +290,13 @@ def test_docker_runner_with_no_daemon_names_the_fix(tmp_path, monkeypatch):
 
 
 class StandInDockerClient:
-    """Test stand-in for docker.DockerClient: records the container call and plays ATC in /out."""
+    """Test stand-in for docker.DockerClient: records the container calls, plays ATC in /out, and runs
+    a `python3 -c` command here with the image's toolkit at `toolkit_home`."""
 
-    def __init__(self, images=("edge-llm/cann:8.0.0-310b",), exit_code=0):
+    def __init__(self, images=("edge-llm/cann:8.0.0-310b",), exit_code=0, toolkit_home=None):
         self.calls, self.exit_code, self.present = [], exit_code, set(images)
         self.images, self.containers = self, self
+        self.toolkit_home, self.output = toolkit_home, b""
 
     def ping(self):
         return True
@@ -285,16 +307,21 @@ class StandInDockerClient:
 
     def run(self, image, command, volumes, **kw):  # containers.run
         self.calls.append({"image": image, "command": command, "volumes": volumes, **kw})
+        if command[0] == "python3":
+            env = {"PATH": "/usr/bin:/bin", "ASCEND_TOOLKIT_HOME": str(self.toolkit_home)}
+            self.output = subprocess.run([sys.executable, *command[1:]], capture_output=True, env=env).stdout
+            return self
         out = next(h for h, v in volumes.items() if v["bind"] == "/out")
         if self.exit_code == 0:
             Path(out, "model.om").write_bytes(b"OM from " + " ".join(command).encode())
+        self.output = b"E19010: No parser is registered" if self.exit_code else b"ATC run success"
         return self
 
     def wait(self):
         return {"StatusCode": self.exit_code}
 
     def logs(self):
-        return b"E19010: No parser is registered" if self.exit_code else b"ATC run success"
+        return self.output
 
     def remove(self, force=False):
         self.removed = True
@@ -302,10 +329,12 @@ class StandInDockerClient:
 
 def test_docker_runner_mounts_the_bundle_and_installs_the_om(tmp_path):
     bundle = make_bundle(tmp_path)
-    client = StandInDockerClient()
+    client = StandInDockerClient(toolkit_home=fake_toolkit(tmp_path, "8.0.0"))
     runner = DockerRunner.connect("edge-llm/cann:8.0.0-310b", client_factory=lambda: client)
     result = compile_bundle(CompileConfig(bundle, "Ascend310B4", runner="docker"), runner=runner)
-    (call,) = client.calls
+    call, probe = client.calls
+    assert probe["command"][:2] == ["python3", "-c"] and result["cann"] == "8.0.0"
+    assert load_manifest(bundle).graph.om_cann == "8.0.0"  # the toolkit inside the image
     assert call["command"][:2] == ["atc", "--model=/bundle/model.onnx"] and "--output=/out/model" in call["command"]
     assert call["volumes"][str(bundle.resolve())] == {"bind": "/bundle", "mode": "ro"}
     assert client.removed and result["runner"] == "docker"
@@ -356,6 +385,7 @@ def test_board_runner_compiles_with_one_core_and_cleans_up(tmp_path, fake_atc_en
     assert BOARD_ATC_ENV == {"MAX_COMPILE_CORE_NUMBER": "1", "TE_PARALLEL_COMPILER": "1"}
     assert shell.commands[-1] == ["rm", "-rf", str(tmp_path / "remote")] and not (tmp_path / "remote").exists()
     assert result["runner"] == "board" and load_manifest(bundle).graph.om == "model.om"
+    assert shell.commands[-2][:2] == ["python3", "-c"] and result["cann"] == "8.0.RC1"  # asked on the board
 
 
 def test_board_runner_failure_cleans_up_and_leaves_the_bundle(tmp_path, fake_atc_env, monkeypatch):
@@ -423,7 +453,7 @@ def test_a_failed_manifest_write_puts_the_previous_om_back(tmp_path, fake_atc_en
     def disk_full(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("host.compile.write_manifest", disk_full)
+    monkeypatch.setattr("host.ascend.install.write_manifest", disk_full)
     with pytest.raises(CompileError, match="No space left on device.*the bundle is as it was"):
         compile_bundle(CompileConfig(bundle, "Ascend310B4", runner="local"))
     assert snapshot(bundle) == before

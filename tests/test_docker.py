@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from host.compile import DEFAULT_IMAGE, find_plugin
-from host.opcheck import OPS_FILE
+from board.ascend import find_plugin
+from host.ascend.opcheck import OPS_FILE
+from host.ascend.runners import DEFAULT_IMAGE
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -46,7 +47,8 @@ def test_plugin_install_path_is_where_the_local_runner_looks(tmp_path):
     lib = tmp_path / "opp" / dest / "libcust_onnx_parsers.so"
     lib.parent.mkdir(parents=True)
     lib.write_bytes(b"...ai.onnx::17::MatMulInteger...")
-    assert find_plugin({"ASCEND_OPP_PATH": str(tmp_path / "opp")}) == lib
+    (tmp_path / "opp" / "vendors" / "config.ini").write_text("load_priority=edge_llm\n")
+    assert find_plugin({"ASCEND_OPP_PATH": str(tmp_path / "opp")}).lib == str(lib)
     assert "add_library(cust_onnx_parsers SHARED" in cmake  # -> libcust_onnx_parsers.so
 
 

@@ -6,12 +6,15 @@ import platform
 import subprocess
 import sys
 
+from pathlib import Path
+
 import onnxruntime
 import pytest
 
 from sshd import _free_port, fab, sshd, synthetic_bundle, write_inventory  # noqa: F401  (sshd is a fixture)
 
 pytestmark = pytest.mark.ssh
+ASCEND_DATA = Path(__file__).resolve().parent / "data" / "ascend"  # recorded formats, see its SOURCES.md
 BASE_PYTHON = getattr(sys, "_base_executable", sys.executable)  # the interpreter under this venv
 NO_CANN = ("no CANN set_env.sh (/usr/local/Ascend/ascend-toolkit/set_env.sh, ~/Ascend/ascend-toolkit/set_env.sh)")
 
@@ -36,6 +39,7 @@ def test_board_with_onnxruntime_is_ready_and_npu_cann_are_absent(sshd, tmp_path)
     assert checks["acl"] == "absent pyACL (acl) not importable; not needed for backend onnxruntime"
     assert checks["cann"] == f"absent {NO_CANN}; not needed for backend onnxruntime"
     assert checks["npu"] == "absent npu-smi not found; not needed for backend onnxruntime"
+    assert checks["toolkit"] == "absent no CANN toolkit version found (ascend_toolkit_install.info or version.cfg)"
     assert checks["plugin"].startswith("absent no custom op plugin (no CANN either)")
     machine = platform.machine()
     assert checks["arch"] == ("ok aarch64" if machine == "aarch64" else
@@ -88,21 +92,23 @@ def test_memory_and_disk_are_compared_with_the_bundle(sshd, tmp_path):  # noqa: 
     assert checks["disk"].startswith("ok ") and " for " in checks["disk"] and "of bundle synthetic" in checks["disk"]
 
 
-@pytest.fixture
-def fake_ascend(tmp_path):
-    """A CANN-like set_env.sh and an npu-smi that reports a 310B4 chip, as on an 8T board."""
-    root = tmp_path / "Ascend"
+def make_fake_ascend(root: Path, npu_smi_output: str, toolkit_file: str, toolkit_at: str) -> Path:
+    """A CANN-like set_env.sh, an npu-smi printing a recorded output, a toolkit version file."""
     (root / "bin").mkdir(parents=True)
     npu_smi = root / "bin" / "npu-smi"
-    npu_smi.write_text("#!/bin/sh\ncat <<'EOF'\n+--------------------------------------------------------------------+\n"
-                       "| npu-smi 23.0.0                  Version: 23.0.0                    |\n"
-                       "| NPU   Name                    | Health    | Power(W)  Temp(C)       |\n"
-                       "| 0     310B4                   | OK        | 8.0       45            |\nEOF\n")
+    npu_smi.write_text(f"#!/bin/sh\ncat '{ASCEND_DATA / npu_smi_output}'\n")
     npu_smi.chmod(0o755)
-    set_env = root / "set_env.sh"
-    set_env.write_text(f'export ASCEND_TOOLKIT_HOME={root}\nexport ASCEND_OPP_PATH={root}/opp\n'
-                       f'export PATH={root}/bin:$PATH\n')
+    (root / toolkit_at).parent.mkdir(parents=True, exist_ok=True)
+    (root / toolkit_at).write_text((ASCEND_DATA / toolkit_file).read_text())
+    (root / "set_env.sh").write_text(f'export ASCEND_TOOLKIT_HOME={root}\nexport ASCEND_OPP_PATH={root}/opp\n'
+                                     f'export PATH={root}/bin:$PATH\n')
     return root
+
+
+@pytest.fixture
+def fake_ascend(tmp_path):
+    """An older driver's npu-smi naming a 310B4 (an 8T board), CANN 7.0.RC1 (version.cfg)."""
+    return make_fake_ascend(tmp_path / "Ascend", "npu-smi-23.0.rc3.txt", "version.cfg", "version.cfg")
 
 
 def test_cann_and_npu_are_found_through_the_environment_script_and_soc_mismatch_warns(sshd, tmp_path, fake_ascend):  # noqa: F811
@@ -114,16 +120,21 @@ def test_cann_and_npu_are_found_through_the_environment_script_and_soc_mismatch_
                               f"-> fix: fab setup --board testboard")
     assert checks["npu"] == ("warn Ascend310B4 (8T) but the inventory says soc Ascend310B1 -> fix: set soc: Ascend310B4 "
                              "in the inventory and compile the bundle with --soc Ascend310B4")
-    assert checks["plugin"].startswith("warn no custom op plugin")
+    assert checks["toolkit"] == f"ok CANN 7.0.RC1 ({fake_ascend / 'version.cfg'})"
+    assert checks["plugin"].startswith("warn no custom op plugin registering MatMulInteger")
     plugin = fake_ascend / "opp" / "vendors" / "edge_llm" / "framework" / "onnx"
     plugin.mkdir(parents=True)
-    (plugin / "libcust_onnx_parsers.so").write_bytes(b"\x7fELF")
+    (plugin / "libcust_onnx_parsers.so").write_bytes(b"\x7fELF")  # a plugin that does not register MatMulInteger
+    assert lines_of(fab(inventory, "doctor").stdout)["plugin"].startswith("warn no custom op plugin registering")
+    (plugin / "libcust_onnx_parsers.so").write_bytes(b"\x7fELF...ai.onnx::17::MatMulInteger")
+    assert "is not in" in lines_of(fab(inventory, "doctor").stdout)["plugin"]  # vendors/config.ini does not list it
+    (fake_ascend / "opp" / "vendors" / "config.ini").write_text("load_priority=edge_llm\n")
     assert fab(inventory, "setup").returncode == 0
     assert (board / "env.sh").read_text().splitlines()[1] == f". {fake_ascend / 'set_env.sh'}"
     r = fab(inventory, "doctor")
     checks = lines_of(r.stdout)
     assert checks["cann"] == f"ok {fake_ascend / 'set_env.sh'}, sourced by every fab command via {board}/env.sh"
-    assert checks["plugin"] == f"ok custom op plugin in {fake_ascend / 'opp' / 'vendors' / 'edge_llm'}"
+    assert checks["plugin"] == f"ok custom op plugin {plugin / 'libcust_onnx_parsers.so'}"
     assert r.returncode == 0, r.stdout
 
 
@@ -138,3 +149,20 @@ def test_bundle_compiled_for_the_other_chip_fails_the_npu_check(sshd, tmp_path, 
     assert lines_of(r.stdout)["npu"] == (
         "warn Ascend310B4 (8T) but bundle synthetic's model.om was compiled for Ascend310B1 (20T): it will not load "
         "-> fix: recompile: python -m host compile --bundle DIR --soc Ascend310B4")
+
+
+def test_newer_driver_and_an_om_from_a_newer_cann_than_the_board_has(sshd, tmp_path):  # noqa: F811
+    ascend_root = make_fake_ascend(tmp_path / "Ascend", "npu-smi-24.1.rc2.txt", "ascend_toolkit_install.info",
+                                   "aarch64-linux/ascend_toolkit_install.info")
+    bundle = synthetic_bundle(tmp_path / "bundle")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["graph"].update(om_soc="Ascend310B1", om_cann="8.0.0")  # built with CANN 8.0.0; the board has 8.0.RC1
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    inventory = write_inventory(tmp_path / "inv.yml", sshd.board(tmp_path / "b", soc="Ascend310B1",
+                                                                  cann_env=str(ascend_root / "set_env.sh")))
+    checks = lines_of(fab(inventory, "doctor", "--bundle", str(bundle)).stdout)
+    assert checks["npu"] == "ok Ascend310B (npu-smi names no variant; the inventory says Ascend310B1, 20T)"
+    assert checks["toolkit"] == (
+        "warn bundle synthetic: model.om was built with CANN 8.0.0 but the board has CANN 8.0.RC1 (an .om runs on its "
+        "own CANN or newer) -> fix: recompile with CANN 8.0.RC1 (python -m host compile --runner board, or a CANN "
+        "8.0.RC1 image), or upgrade the board's toolkit to 8.0.0")

@@ -1,4 +1,4 @@
-"""host/opcheck.py: every op of a graph against ATC's ONNX list, plugin ops, dialect problems."""
+"""host/ascend/opcheck.py: every op of a graph against ATC's ONNX list, plugin ops, dialect problems."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from host.errors import InputError
-from host.opcheck import OPS_FILE, PLUGIN, SUPPORTED, UNSUPPORTED, OpTable, check_model
+from host.ascend.opcheck import OPS_FILE, PLUGIN, SUPPORTED, UNSUPPORTED, OpTable, check_model
 
 
 # --- small graphs with the bundle's signature (shared with test_compile.py) ------------------
@@ -148,6 +148,18 @@ def test_opset_outside_the_documented_range_is_a_problem(tmp_path):
     report = check_model(tiny_llm_onnx(tmp_path / "m.onnx", dialect="fp", opset=19))
     assert not report.ok
     assert report.problems == ["ai.onnx opset 19 is outside ATC's documented range v8-v18; re-export at opset 18 or lower"]
+
+
+def test_two_opset_imports_for_the_default_domain_are_a_problem(tmp_path):
+    path = tiny_llm_onnx(tmp_path / "m.onnx", opset=17)
+    model = onnx.load(str(path))
+    model.opset_import.append(helper.make_opsetid("ai.onnx", 18))  # what a merge of two exports can leave
+    onnx.save(model, str(path))
+    report = check_model(path)
+    assert not report.ok and report.problems == [
+        "2 opset imports for the default ONNX domain (versions [17, 18]); ATC accepts one (error E16005): "
+        "rebuild the bundle, or merge them with onnx.version_converter"]
+    assert check_model(tiny_llm_onnx(tmp_path / "ok.onnx", opset=17)).ok
 
 
 def test_missing_or_corrupt_file_is_an_input_error(tmp_path):

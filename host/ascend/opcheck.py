@@ -1,4 +1,5 @@
-"""Operator check: every op type of an ONNX graph against what ATC's ONNX parser accepts.
+"""Operator check: every op type of an ONNX graph against what ATC's ONNX parser accepts,
+and the graph's inputs against the manifest.
 
 Runs in seconds on the host, before any ATC run, so a user learns what ATC would reject
 after an hour. The supported list is data (host/data/atc_onnx_ops.json, with its source).
@@ -14,9 +15,10 @@ import numpy as np
 import onnx
 from onnx import external_data_helper, numpy_helper
 
+from board.manifest import Manifest
 from host.errors import InputError
 
-OPS_FILE = Path(__file__).with_name("data") / "atc_onnx_ops.json"
+OPS_FILE = Path(__file__).parents[1] / "data" / "atc_onnx_ops.json"
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 SUPPORTED, PLUGIN, UNSUPPORTED = "supported", "plugin", "unsupported"
@@ -150,6 +152,12 @@ def check_model(path: Path, table: OpTable | None = None) -> OpReport:
     opsets = {imp.domain: imp.version for imp in model.opset_import}
     opset = opsets.get("", opsets.get("ai.onnx"))
     report = OpReport(model=str(path), opset=opset)
+    default_imports = sorted(imp.version for imp in model.opset_import if imp.domain in DEFAULT_DOMAINS)
+    if len(default_imports) > 1:
+        report.problems.append(
+            f"{len(default_imports)} opset imports for the default ONNX domain (versions {default_imports}); ATC "
+            "accepts one (error E16005): rebuild the bundle, or merge them with onnx.version_converter"
+        )
     lo, hi = table.opset_range
     if opset is None or not lo <= opset <= hi:
         report.problems.append(
@@ -186,3 +194,15 @@ def _status(table: OpTable, domain: str, op_type: str, opset: int | None) -> tup
     if op_type in table.ops:
         return SUPPORTED, ""
     return UNSUPPORTED, "not in ATC's ONNX operator list"
+
+
+def check_graph_inputs(onnx_path: Path, manifest: Manifest) -> None:
+    """The manifest's input names and ranks must be the ONNX graph's, or ATC rejects the shapes."""
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+    actual = {i.name: len(i.type.tensor_type.shape.dim) for i in graph.input if i.name not in initializers}
+    expected = {t.name: len(t.shape) for t in manifest.graph.inputs}
+    if actual != expected:
+        raise InputError(
+            f"{onnx_path}: graph inputs {actual} do not match the manifest's {expected}; rebuild the bundle"
+        )

@@ -1,6 +1,7 @@
-"""ATC command derivation: from a bundle manifest to the exact `atc` argument list.
+"""ATC command derivation: from a bundle manifest to the exact `atc` argument list, and what
+an ATC failure most likely means.
 
-Pure functions only; running the command lives in host/compile.py. Syntax follows the CANN
+Pure functions only; running the command lives in host/ascend/runners.py. Syntax follows the CANN
 8.x ATC reference (--input_shape with -1 for dynamic dims, --dynamic_dims "a,b;c,d" gears,
 --precision_mode_v2, --soc_version) for the Atlas 200I/500 A2 (Ascend 310B) boards.
 """
@@ -9,22 +10,23 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
+from board import ascend
+from board.ascend import BOARD_BY_SOC, SOCS, soc_hint
 from board.manifest import Manifest, TensorSpec
-from host.errors import InputError
-
-# Board model -> SoC. Orange Pi AIpro style boards: the 20 TOPS part is Ascend310B1, the
-# 8 TOPS part Ascend310B4; an .om built for one is rejected by the other at load time.
-SOC_BY_BOARD = {"20T": "Ascend310B1", "8T": "Ascend310B4"}
-BOARD_BY_SOC = {soc: board for board, soc in SOC_BY_BOARD.items()}
-SOCS = ("Ascend310B1", "Ascend310B2", "Ascend310B3", "Ascend310B4")
+from host.errors import BuildError, InputError
 
 # --precision_mode_v2 values documented for the Atlas 200I/500 A2 (CANN 8.x). ATC's own
 # default is fp16, which forces fp32 ops to fp16 (the ONNX-vs-OM drift users report).
-# `origin` keeps the graph's dtypes (documented ranking: origin > mixed_float16 > fp16);
-# an op whose AI Core kernel lacks fp32 then runs as an fp32 AI CPU op: slower, not wrong.
-# The W8A8 graph's matmuls are int8 either way, so only vector ops are affected there.
+# `origin` keeps the graph's dtypes (documented ranking: origin > mixed_float16 > fp16), so the
+# graph decides: an fp16-compute bundle (the --target ascend default) runs its activations,
+# norms and attention in fp16 and keeps only the integer matmul's int32 rescale in fp32 (an
+# int32 sum overflows fp16); an fp32 bundle runs fp32, where ops without an fp32 AI Core
+# kernel fall back to the (slow) AI CPU.
 PRECISION_MODES = ("origin", "cube_fp16in_fp32out", "mixed_float16", "fp16")
 DEFAULT_PRECISION = "origin"
+# ATC on an 8-16 GB board runs out of memory compiling kernels in parallel; one core, one
+# compiler process is slower but finishes (CANN's documented knobs for this).
+BOARD_ATC_ENV = {"MAX_COMPILE_CORE_NUMBER": "1", "TE_PARALLEL_COMPILER": "1"}
 
 FRAMEWORK_ONNX = 5
 MAX_GEARS = 100  # ATC accepts 2..100 dynamic_dims profiles
@@ -40,6 +42,8 @@ class AtcCommand:
     gears: list  # prefill chunk lengths S, in dynamic_dims order
     soc: str
     precision_mode: str
+    opset: int | None = None  # the graph's ai.onnx opset (ATC takes it from the file)
+    compute_dtype: str | None = None  # what the graph computes activations in
 
     def shell(self) -> str:
         """The command as one copy-pasteable shell line (semicolons quoted)."""
@@ -55,25 +59,22 @@ class AtcCommand:
             "soc": self.soc,
             "board_model": BOARD_BY_SOC.get(self.soc),
             "precision_mode": self.precision_mode,
+            "opset": self.opset,
+            "compute_dtype": self.compute_dtype,
         }
+
+    def summary(self) -> str:
+        """One line naming what the command was chosen for."""
+        return (f"# {self.soc} ({BOARD_BY_SOC.get(self.soc, '?')} board), graph opset {self.opset}, compute "
+                f"{self.compute_dtype}, --precision_mode_v2={self.precision_mode}, gears {self.gears}")
 
 
 def resolve_soc(value: str) -> str:
     """A --soc value (SoC name or board model such as 20T/8T) -> ATC soc_version."""
-    if value in SOC_BY_BOARD:
-        return SOC_BY_BOARD[value]
-    for soc in SOCS:
-        if value.lower() == soc.lower():
-            return soc
-    raise InputError(
-        f"unknown --soc {value!r}: use one of {', '.join(SOCS)} "
-        f"or a board model ({soc_hint()})"
-    )
-
-
-def soc_hint() -> str:
-    """One phrase that untangles the 20T/8T confusion."""
-    return ", ".join(f"{board} boards are {soc}" for board, soc in SOC_BY_BOARD.items())
+    soc = ascend.resolve_soc(value)
+    if soc is None:
+        raise InputError(f"unknown --soc {value!r}: use one of {', '.join(SOCS)} or a board model ({soc_hint()})")
+    return soc
 
 
 def dim_symbols(manifest: Manifest) -> dict[str, int]:
@@ -161,4 +162,34 @@ def derive_atc_command(
     if dynamic_dims is not None:
         argv.append(f"--dynamic_dims={dynamic_dims}")
     argv += [f"--soc_version={soc}", f"--precision_mode_v2={precision_mode}", "--log=error"]
-    return AtcCommand(argv, input_shape, dynamic_dims, gears, soc, precision_mode)
+    return AtcCommand(argv, input_shape, dynamic_dims, gears, soc, precision_mode, manifest.graph.opset,
+                      manifest.graph.compute_dtype)
+
+
+# --- failures --------------------------------------------------------------------------------
+class ToolMissing(InputError):
+    """The tool a runner needs (atc, Docker daemon, image, plugin, board) is not available."""
+
+
+class CompileError(BuildError):
+    """ATC ran and failed; the message carries the likely cause and the tail of its output."""
+
+
+def explain_failure(output: str, returncode: int, soc: str) -> str:
+    """One line naming the likely cause of an ATC failure and what to do."""
+    board = BOARD_BY_SOC.get(soc, "unknown")
+    if "E19010" in output or "No parser is registered" in output:
+        return "ATC has no parser for an op (E19010): install docker/plugin (see docker/plugin/build.sh) where ATC looks"
+    if "E16005" in output:
+        return "ATC rejected the graph's opset imports (E16005): rebuild the bundle (one ai.onnx opset, --opset)"
+    if returncode in (-9, 137) or "Killed" in output or "out of memory" in output.lower():
+        return (f"ATC was killed, most likely out of memory: set {' '.join(f'{k}={v}' for k, v in BOARD_ATC_ENV.items())} "
+                "(the board runner does), add swap, or compile with --runner docker on a workstation")
+    if "soc_version" in output or "E10001" in output:
+        return f"ATC rejected an option, often --soc_version: {soc} is for {board} boards ({soc_hint()})"
+    return f"ATC failed (exit {returncode}) compiling for {soc} ({board} board)"
+
+
+def failure(output: str, returncode: int, soc: str) -> CompileError:
+    tail = "\n".join(output.strip().splitlines()[-20:])
+    return CompileError(f"{explain_failure(output, returncode, soc)}\natc output (last lines):\n{tail}")
