@@ -15,19 +15,32 @@ from fabric import task
 from invoke.exceptions import Exit
 
 from board.manifest import BundleError
-from deploy import boardsetup
+from deploy.errors import DeployError
+from deploy import board_cli, boardsetup, fleet, release
 from deploy import doctor as checkup
-from deploy import fleet, release, runner
+from deploy.payload import collect
 from deploy.progress import Progress
 from deploy.status import board_status, status_line
+from deploy.text import shown
 
 
 def _bundle(path, what, verify=True):
     """The local bundle with board/ code; a corrupt one ends the task with one line."""
     try:
-        return release.collect(path, verify=verify)
+        return collect(path, verify=verify)
     except BundleError as e:
-        raise Exit(f"{what}: {e}", code=2) from None
+        raise Exit(shown(f"{what}: {e}"), code=2) from None
+
+
+def _count(value, option: str, task: str) -> int:
+    """A whole-number option; anything else ends the task with one line and status 2."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1:
+        raise Exit(f"{task}: --{option} must be a whole number >= 1, not {value!r}", code=2)
+    return number
 
 
 @task(help={"bundle": "bundle directory (from `python -m host build`)", "board": "only this board",
@@ -62,33 +75,34 @@ def status(c, board=None, json_=False):
 
 @task(help={"prompt": "the prompt", "max_new_tokens": "tokens to generate", "greedy": "greedy decoding",
             "board": "only this board"})
-def generate(c, prompt, max_new_tokens=64, greedy=False, board=None):
+def generate(c, prompt, max_new_tokens="64", greedy=False, board=None):  # str: checked by _count, one line
     """Generate once from a prompt on the board's current release and print the text."""
+    count = _count(max_new_tokens, "max-new-tokens", "generate")
     chosen = fleet.boards(board)
 
     def one(remote):
         if len(chosen) == 1:  # one board: stream the text as the board produces it
-            runner.generate(remote, prompt, int(max_new_tokens), greedy, stream=True)
+            board_cli.generate(remote, prompt, count, greedy, stream=True)
         else:
-            print(f"[{remote.board.name}] {runner.generate(remote, prompt, int(max_new_tokens), greedy)}", end="")
+            print(f"[{remote.board.name}] {board_cli.generate(remote, prompt, count, greedy)}", end="")
 
     fleet.on_each(chosen, one, "generate")
 
 
 @task(help={"prompt_tokens": "prompt length", "new_tokens": "tokens to generate", "board": "only this board"})
-def bench(c, prompt_tokens=64, new_tokens=64, board=None):
+def bench(c, prompt_tokens="64", new_tokens="64", board=None):
     """Run the board's benchmark; one JSON line per board."""
-    fleet.on_each(fleet.boards(board),
-                  lambda remote: print(json.dumps(runner.bench(remote, int(prompt_tokens), int(new_tokens)))), "bench")
+    prompt, new = _count(prompt_tokens, "prompt-tokens", "bench"), _count(new_tokens, "new-tokens", "bench")
+    fleet.on_each(fleet.boards(board), lambda remote: print(json.dumps(board_cli.bench(remote, prompt, new))), "bench")
 
 
 @task(help={"board": "the board to talk to (needed when the inventory has several)"})
 def chat(c, board=None):
     """Interactive chat with the board's current release (Ctrl-D to quit)."""
-    codes = []
-    fleet.on_each([fleet.one_board(board, "chat")], lambda remote: codes.append(runner.chat(remote)), "chat")
-    if codes and codes[0] != 0:
-        raise Exit(code=codes[0])
+    results = fleet.on_each([fleet.one_board(board, "chat")], board_cli.chat, "chat")
+    code = next(iter(results.values()))
+    if code != 0:
+        raise Exit(code=code)
 
 
 @task(help={"board": "only this board", "bundle": "compare memory and disk with this bundle (default: the current release)",
@@ -96,7 +110,8 @@ def chat(c, board=None):
 def doctor(c, board=None, bundle=None, json_=False):
     """Read-only checks: can each board run the bundle? One line per check, with the fix."""
     payload = _bundle(bundle, "doctor", verify=False) if bundle else None
-    results = [(b, checkup.doctor(b, payload)) for b in fleet.boards(board)]
+    found = fleet.run(fleet.boards(board), lambda remote: checkup.examine(remote, payload), "doctor")
+    results = [(b, checkup.unreachable(value) if isinstance(value, DeployError) else value) for b, value in found.items()]
     for b, checks in results:
         if json_:
             print(json.dumps(checkup.report_json(b, checks)))

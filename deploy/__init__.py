@@ -1,6 +1,6 @@
 """The deployer behind fabfile.py: workstation -> boards over SSH (DESIGN.md §5).
 
-inventory (boards) -> remote (SSH, quoting, python/venv/CANN env) -> onboard (board-side
-steps, stdlib only) -> release (deploy, rollback) / runner (board CLI) / status / doctor /
-boardsetup; fleet runs a task on each board and reports failures per board.
+inventory (boards) -> ssh (connections) -> remote (commands, board-side operations, uploads,
+lock) -> onboard/ (the board-side half, stdlib only) -> release (deploy, rollback) /
+board_cli (the board's CLI) / status / doctor / boardsetup; fleet runs a task on each board.
 """

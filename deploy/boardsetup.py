@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from board.manifest import sha256_file
-from deploy.doctor import PLUGIN_VENDOR, REQUIREMENTS, cann_candidates, pins
+from deploy.boardenv import REQUIREMENTS, cann_candidates, env_script, pins, plugin_dir
 from deploy.errors import DeployError
 from deploy.progress import Progress
-from deploy.remote import Remote, env_script
+from deploy.remote import Remote
 
 PLUGIN_SOURCE = Path(__file__).resolve().parents[1] / "docker" / "plugin"
 WHEELS_HINT = ("pip download --only-binary=:all: --platform manylinux2014_aarch64 --python-version 3.X "
@@ -34,12 +34,11 @@ def _upload_changed(remote: Remote, files: dict, dest: str, progress: Progress) 
     """Upload the files (remote name -> local path) whose sha256 differs on the board; their names."""
     have = remote.onboard("hashes", dir=dest, names=sorted(files))
     todo = [n for n in sorted(files) if have[n] != sha256_file(files[n])]
-    for i, name in enumerate(todo, 1):
-        progress.start(name, i, len(todo))
-        part = f"{dest}/.{Path(name).name}.part"
-        remote.put(files[name], part, callback=progress)
-        remote.sftp.posix_rename(part, f"{dest}/{name}")  # a reader never sees half a file
-        progress.finish(files[name].stat().st_size)
+    with progress.upload(sum(files[n].stat().st_size for n in todo)):
+        for name in todo:
+            part = f"{dest}/.{Path(name).name}.part"
+            remote.put(files[name], part, callback=progress.file(name))
+            remote.sftp.posix_rename(part, f"{dest}/{name}")  # a reader never sees half a file
     return todo
 
 
@@ -49,7 +48,7 @@ def _python_deps(remote: Remote, wheels: Path | None, system_site: bool, progres
     if wheels:
         found = {p.name: p for p in sorted(Path(wheels).glob("*.whl"))}
         if not found:
-            raise DeployError(remote.board.name, f"no *.whl files in {wheels}; fill it with: {WHEELS_HINT}")
+            raise DeployError(remote.board.name, f"no *.whl files in {wheels}", f"fill it with: {WHEELS_HINT}")
         remote.onboard("mkdirs", dirs=[f"{root}/wheels"])
         sent = _upload_changed(remote, found, f"{root}/wheels", progress)
         steps.append(Step("wheels", bool(sent), f"{len(sent)} of {len(found)} wheel(s) uploaded to {root}/wheels"))
@@ -65,15 +64,15 @@ def _python_deps(remote: Remote, wheels: Path | None, system_site: bool, progres
         args = ["-m", "venv", *(["--system-site-packages"] if system_site else []), venv]
         r = remote.python(args, venv=False)
         if r.exited != 0:
-            raise DeployError(remote.board.name, f"creating {venv} failed ({_last(r)}); on Debian/Ubuntu boards: "
-                                                 f"sudo apt-get install python3-venv")
+            raise DeployError(remote.board.name, f"creating {venv} failed ({_last(r)})",
+                              "on Debian/Ubuntu boards: sudo apt-get install python3-venv")
         steps.append(Step("venv", True, f"created {venv}"))
     offline = ["--no-index", "--find-links", f"{root}/wheels"] if wheels else []
     r = remote.python(["-m", "pip", "install", "--disable-pip-version-check", "-q", *offline,
                        "-r", f"{root}/requirements.txt"])
     if r.exited != 0:
         fix = "check the wheels match the board's python and arch" if wheels else f"offline board? pass --wheels DIR ({WHEELS_HINT})"
-        raise DeployError(remote.board.name, f"pip install in {venv} failed ({_last(r)}); {fix}")
+        raise DeployError(remote.board.name, f"pip install in {venv} failed ({_last(r)})", fix)
     steps.append(Step("python deps", True, f"installed {', '.join(f'{n}=={v}' for n, v in sorted(want.items()))} into {venv}"
                                            + (" from uploaded wheels" if wheels else "")))
     return steps
@@ -86,22 +85,22 @@ def _last(r) -> str:
 def _plugin(remote: Remote, cann: str | None, progress: Progress) -> Step:
     """Build docker/plugin/ on the board into <path>/opp (skipped when that source is already built)."""
     if not cann:
-        raise DeployError(remote.board.name, "--with-plugin needs the CANN toolkit on the board (no set_env.sh found); "
-                                             "install CANN first, then run `fab setup --with-plugin` again")
+        raise DeployError(remote.board.name, "--with-plugin needs the CANN toolkit on the board (no set_env.sh found)",
+                          "install CANN first, then run `fab setup --with-plugin` again")
     files = {p.relative_to(PLUGIN_SOURCE).as_posix(): p for p in sorted(PLUGIN_SOURCE.rglob("*")) if p.is_file()}
     digest = hashlib.sha256("".join(f"{n} {sha256_file(p)}\n"
                                     for n, p in files.items()).encode()).hexdigest()[:16]
-    root, opp = remote.root, f"{remote.root}/opp"
-    stamp = f"{opp}/vendors/{PLUGIN_VENDOR}/.built-from-{digest}"
+    root, opp, installed = remote.root, f"{remote.root}/opp", plugin_dir(remote.root)
+    stamp = f"{installed}/.built-from-{digest}"
     if remote.run(["test", "-f", stamp], env=False).exited == 0:
-        return Step("plugin", False, f"built from this docker/plugin/ already ({opp}/vendors/{PLUGIN_VENDOR})")
+        return Step("plugin", False, f"built from this docker/plugin/ already ({installed})")
     remote.onboard("mkdirs", dirs=[f"{root}/plugin"])
     _upload_changed(remote, files, f"{root}/plugin", progress)
     r = remote.run(["bash", f"{root}/plugin/build.sh", "--prefix", opp])
     if r.exited != 0:
         raise DeployError(remote.board.name, f"building the plugin on the board failed ({_last(r)})")
     remote.onboard("write_text", path=stamp, text=digest + "\n")
-    return Step("plugin", True, f"built and installed into {opp}/vendors/{PLUGIN_VENDOR}")
+    return Step("plugin", True, f"built and installed into {installed}")
 
 
 def setup(remote: Remote, wheels: Path | None = None, with_plugin: bool = False, system_site: bool = False,
@@ -113,13 +112,13 @@ def setup(remote: Remote, wheels: Path | None = None, with_plugin: bool = False,
     steps = [Step("install path", bool(made), f"{root} " + ("created" if made else "exists"))]
     probe = remote.onboard("probe", root=root, modules=[], cann_candidates=cann_candidates(remote.board))
     cann = probe["cann_scripts"][0] if probe["cann_scripts"] else None
-    plugin_dir = None
+    plugin = None
     if with_plugin:
         steps.append(_plugin(remote, cann, progress))
-        plugin_dir = f"{root}/opp/vendors/{PLUGIN_VENDOR}"
-    elif remote.run(["test", "-d", f"{root}/opp/vendors/{PLUGIN_VENDOR}"], env=False).exited == 0:
-        plugin_dir = f"{root}/opp/vendors/{PLUGIN_VENDOR}"  # built by an earlier --with-plugin: keep it on
-    changed = remote.onboard("write_text", path=f"{root}/env.sh", text=env_script(cann, plugin_dir))["changed"]
+        plugin = plugin_dir(root)
+    elif remote.run(["test", "-d", plugin_dir(root)], env=False).exited == 0:
+        plugin = plugin_dir(root)  # built by an earlier --with-plugin: keep it on
+    changed = remote.onboard("write_text", path=f"{root}/env.sh", text=env_script(cann, plugin))["changed"]
     steps.append(Step("env.sh", changed, f"{root}/env.sh " + ("written" if changed else "up to date") +
                       (f" (sources {cann})" if cann else " (no CANN found: nothing to source)")))
     steps += _python_deps(remote, wheels, system_site, progress)

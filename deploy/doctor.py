@@ -2,7 +2,7 @@
 
 Verdicts: ok, warn (works, but look), fail (cannot run the bundle), absent (not there and
 not needed for this board's backend), skip (nothing to compare against). Each non-ok check
-says how to fix it. The board-side facts come from deploy.onboard.op_probe and board/ascend.py
+says how to fix it. The board-side facts come from deploy/onboard/probe.py and board/ascend.py
 (chip, plugin, CANN version: the same code the compiler and the board use), run the way board
 code runs (venv python, CANN environment), so "importable" means importable for `fab chat`.
 """
@@ -13,15 +13,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from board import ascend
-from board.ascend import PLUGIN_VENDOR
+from deploy.boardenv import cann_candidates, pins
 from deploy.errors import DeployError
 from deploy.inventory import Board
-from deploy.progress import human_bytes
-from deploy.remote import CANN_ENV_CANDIDATES, Remote, connect
+from deploy.remote import Remote
+from deploy.text import human_bytes, shown
 
 MIN_PYTHON = (3, 10)  # pyproject.toml's requires-python
 ASCEND_SOURCE = Path(ascend.__file__).read_text()  # run on the board, prints its Ascend facts
-REQUIREMENTS = Path(__file__).resolve().parents[1] / "board" / "requirements.txt"
 MODULES = ("numpy", "tokenizers", "onnxruntime", "acl")
 SETUP = "fab setup --board {board}"
 
@@ -44,17 +43,6 @@ class Needs:
     on_board: bool  # already deployed there: no disk needed
     om_soc: str | None = None  # chip the bundle's .om was compiled for
     om_cann: str | None = None  # CANN version the bundle's .om was compiled with
-
-
-def pins(path: Path = REQUIREMENTS) -> dict:
-    """name -> pinned version from a requirements file of `name==version` lines."""
-    out = {}
-    for line in path.read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if "==" in line:
-            name, version = line.split("==", 1)
-            out[name.strip().lower()] = version.strip()
-    return out
 
 
 def _modules(board: Board, probe: dict) -> list:
@@ -134,10 +122,6 @@ def _memory_and_disk(board: Board, probe: dict, needs: Needs | None, root: str) 
     return checks
 
 
-def cann_candidates(board: Board) -> list:
-    return [board.cann_env] if board.cann_env else ["~/" + p if not p.startswith("/") else p for p in CANN_ENV_CANDIDATES]
-
-
 def _needs(probe: dict, bundle) -> Needs | None:
     """From a local bundle (deploy.release.Payload) or else the board's current release."""
     if bundle is not None:
@@ -185,13 +169,9 @@ def examine(remote: Remote, bundle=None) -> list:
     ]
 
 
-def doctor(board: Board, bundle=None) -> list:
-    """Connect and examine; an unreachable board is one failed `ssh` check."""
-    try:
-        with connect(board) as remote:
-            return examine(remote, bundle)
-    except DeployError as e:
-        return [Check("ssh", "fail", e.message.split("; ")[0], "; ".join(e.message.split("; ")[1:]))]
+def unreachable(error: DeployError) -> list:
+    """The checks of a board that could not be examined: one failed `ssh` check, with the error's fix."""
+    return [Check("ssh", "fail", error.detail, error.fix)]
 
 
 def ready(checks: list) -> bool:
@@ -199,7 +179,7 @@ def ready(checks: list) -> bool:
 
 
 def report_lines(board: Board, checks: list) -> list:
-    lines = [f"{board.name}: {c.verdict:<6} {c.name:<11} {c.detail}" + (f" -> fix: {c.fix}" if c.fix else "")
+    lines = [shown(f"{board.name}: {c.verdict:<6} {c.name:<11} {c.detail}" + (f" -> fix: {c.fix}" if c.fix else ""))
              for c in checks]
     failed = [c.name for c in checks if c.verdict == "fail"]
     verdict = "ready" if not failed else f"NOT ready (failed: {', '.join(failed)})"

@@ -1,22 +1,35 @@
-"""Run one action on each selected board; failures are reported per board, one line each."""
+"""Run one action on each selected board (a Fabric SerialGroup); results and failures per board.
+
+Fabric's groups run one command on every host; our tasks are Python functions that hold a
+session (upload, verify, switch), so each board gets the action in turn, in inventory order,
+and the outcome of each lands in a Fabric GroupResult keyed by board: a value, or the error.
+"""
 from __future__ import annotations
 
 import sys
 from typing import Callable
 
+from fabric import GroupResult, SerialGroup
 from invoke.exceptions import Exit
 
-from deploy.errors import DeployError, InventoryError
+from deploy.errors import DeployError, Interrupted, InventoryError
 from deploy.inventory import Board, load_inventory, select
-from deploy.remote import LINK_ERRORS, Remote, connect
+from deploy.remote import Remote, connect
+from deploy.ssh import LINK_ERRORS, check_key, connection
+from deploy.text import shown
+
+INTERRUPTED = 130  # the shell's status for a program stopped by Ctrl-C
 
 
 def boards(name: str | None) -> list[Board]:
-    """The boards a task acts on; an inventory problem ends the task with its one line."""
+    """The boards a task acts on; an inventory problem (or a key file that is no key) ends it with one line."""
     try:
-        return select(load_inventory(), name)
+        chosen = select(load_inventory(), name)
+        for board in chosen:
+            check_key(board)
     except InventoryError as e:
         raise Exit(f"inventory: {e}", code=2) from None
+    return chosen
 
 
 def one_board(name: str | None, task: str) -> Board:
@@ -28,21 +41,35 @@ def one_board(name: str | None, task: str) -> Board:
     return chosen[0]
 
 
-def on_each(chosen: list[Board], action: Callable[[Remote], None], task: str) -> None:
-    """Connect to each board in turn and run action; exit non-zero naming those that failed."""
-    failed = []
-    for board in chosen:
+def run(chosen: list[Board], action: Callable[[Remote], object], task: str) -> GroupResult:
+    """action(remote) on each board; {board: its value or its DeployError}. Ctrl-C stops the fleet."""
+    results = GroupResult()
+    for board, conn in zip(chosen, SerialGroup.from_connections([connection(b) for b in chosen])):
         try:
-            with connect(board) as remote:
-                action(remote)
+            with connect(board, conn) as remote:
+                results[board] = action(remote)
+        except Interrupted:
+            raise
         except DeployError as e:
-            print(str(e), file=sys.stderr)
-            failed.append(board.name)
+            results[board] = e
         except LINK_ERRORS as e:
-            print(f"{board.name}: connection lost during {task} ({type(e).__name__}: {e}); "
-                  f"check the board and run `fab {task}` again", file=sys.stderr)
-            failed.append(board.name)
+            results[board] = DeployError(board.name, f"connection lost during {task} ({type(e).__name__}: {e})",
+                                         f"check the board and run `fab {task}` again")
+    return results
+
+
+def on_each(chosen: list[Board], action: Callable[[Remote], None], task: str) -> GroupResult:
+    """run(), then one line per failed board on stderr and a non-zero exit naming them."""
+    try:
+        results = run(chosen, action, task)
+    except Interrupted as e:
+        print(shown(str(e)), file=sys.stderr)
+        raise Exit(code=INTERRUPTED) from None
+    for error in results.failed.values():
+        print(shown(str(error)), file=sys.stderr)
+    failed = [board.name for board in results.failed]
     if failed and len(chosen) > 1:
         raise Exit(f"{task} failed on {len(failed)} of {len(chosen)} boards: {', '.join(failed)}", code=1)
     if failed:
         raise Exit(code=1)
+    return results

@@ -130,6 +130,8 @@ def load_inventory(path: Path | None = None) -> list[Board]:
         text = path.read_text()
     except OSError as e:
         raise InventoryError(f"{path}: cannot read the inventory ({e.strerror}); set EDGE_LLM_INVENTORY or create it") from None
+    except UnicodeDecodeError:
+        raise InventoryError(f"{path}: not a text file (an inventory is YAML); set EDGE_LLM_INVENTORY to the right file") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -1,40 +1,35 @@
-"""Upload progress on stderr: a live line per file on a terminal, one line per file otherwise."""
+"""Upload progress on stderr: one tqdm bar per board on a terminal, nothing when stderr is not one."""
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
+from tqdm import tqdm
 
 
 class Progress:
-    """Callback for paramiko's `put`: shows `board: file done/total percent`."""
+    """Bytes sent to one board; `file(name)` gives the callback for paramiko's `put(callback=)`."""
 
     def __init__(self, board: str, stream=None):
         self.board = board
         self.stream = stream or sys.stderr
-        self.live = self.stream.isatty()
-        self._shown = -1
+        self.bar = None
+        self._sent = 0  # of the current file
 
-    def start(self, name: str, index: int, count: int) -> None:
-        self.name, self.index, self.count, self._shown = name, index, count, -1
+    @contextmanager
+    def upload(self, total: int):
+        """A bar over `total` bytes while the block uploads (a log or a pipe gets no progress lines)."""
+        live = hasattr(self.stream, "isatty") and self.stream.isatty()
+        with tqdm(total=total, desc=self.board, unit="B", unit_scale=True, unit_divisor=1024, file=self.stream,
+                  disable=not live, leave=False, dynamic_ncols=True) as self.bar:
+            yield self
 
-    def __call__(self, done: int, total: int) -> None:
-        percent = 100 if total == 0 else done * 100 // total
-        if self.live and percent != self._shown:
-            self._shown = percent
-            self.stream.write(f"\r{self._line(done, total, percent)}")
-            self.stream.flush()
+    def file(self, name: str):
+        """Start the next file; returns the callback(bytes_done, file_total) that advances the bar."""
+        self._sent = 0
+        self.bar.set_postfix_str(name, refresh=False)
+        return self._advance
 
-    def finish(self, total: int) -> None:
-        self.stream.write(("\r" if self.live else "") + self._line(total, total, 100) + "\n")
-        self.stream.flush()
-
-    def _line(self, done: int, total: int, percent: int) -> str:
-        return (f"{self.board}: [{self.index}/{self.count}] {self.name} "
-                f"{human_bytes(done)}/{human_bytes(total)} {percent:3d}%")
+    def _advance(self, done: int, total: int) -> None:
+        self.bar.update(done - self._sent)
+        self._sent = done

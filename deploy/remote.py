@@ -1,4 +1,4 @@
-"""The one place that talks to a board: SSH connection, host-key policy, remote commands.
+"""The one place that runs things on a board: remote commands, board-side operations, uploads.
 
 Every command line sent to a board is built here from an argv list with each element
 shell-quoted, so no inventory or user value is ever interpreted by the remote shell.
@@ -8,30 +8,42 @@ or, without it, the CANN set_env.sh when one exists.
 """
 from __future__ import annotations
 
+import getpass
 import json
-import shlex
+import os
+import time
+from importlib.util import find_spec
 import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
-from fabric import Config, Connection
+from fabric import Connection
 
-from deploy import onboard
-from deploy.errors import DeployError
+from deploy.boardenv import cann_scripts
+from deploy.errors import BoardRefused, DeployError
 from deploy.inventory import Board
+from deploy.shell import q
+from deploy.ssh import LINK_ERRORS, open_connection
+
+ONBOARD_MODULES = ("deploy.onboard", "deploy.onboard.files", "deploy.onboard.store", "deploy.onboard.probe",
+                   "deploy.onboard.run")
 
 
-class HomePath(str):
-    """A path below the remote user's home, written without the `$HOME/` prefix."""
+def onboard_source() -> str:
+    """deploy/onboard/ as one `python -c` script: each module exec'd into sys.modules under its name."""
+    sources = [("deploy", "")] + [(m, Path(find_spec(m).origin).read_text()) for m in ONBOARD_MODULES]
+    return ("import sys, types\n"
+            f"for name, code in {sources!r}:\n"
+            "    module = sys.modules[name] = types.ModuleType(name)\n"
+            "    module.__path__ = []\n"
+            "    exec(compile(code, name, 'exec'), module.__dict__)\n"
+            "from deploy.onboard import files, run\n"
+            "sys.exit(files.main(sys.argv, run.OPS))\n")
 
 
-ONBOARD_SOURCE = Path(onboard.__file__).read_text()
-# Where CANN's toolkit installs its environment script on Ascend boards (root or user install).
-CANN_ENV_CANDIDATES = ("/usr/local/Ascend/ascend-toolkit/set_env.sh", HomePath("Ascend/ascend-toolkit/set_env.sh"))
-# Failures of the transport itself: the board went away mid-task.
-LINK_ERRORS = (paramiko.SSHException, EOFError, OSError)
+ONBOARD_SOURCE = onboard_source()
 
 
 @dataclass
@@ -39,18 +51,6 @@ class Result:
     exited: int
     stdout: str
     stderr: str
-
-
-def home_relative(path: str) -> str:
-    """An inventory path for the shell: `~/x` becomes a HomePath (the remote $HOME), others as is."""
-    return HomePath(path[2:]) if path.startswith("~/") else path
-
-
-def q(value: str) -> str:
-    """Shell-quote one word; a HomePath becomes "$HOME"/'rest' so only $HOME expands."""
-    if isinstance(value, HomePath):
-        return '"$HOME"/' + shlex.quote(str(value))
-    return shlex.quote(value)
 
 
 class Remote:
@@ -78,7 +78,7 @@ class Remote:
     def _env_prefix(self) -> str:
         """Source setup's env.sh, else the CANN script when present; silent and never fatal."""
         env_sh = q(self.path("env.sh"))
-        cann = [home_relative(self.board.cann_env)] if self.board.cann_env else list(CANN_ENV_CANDIDATES)
+        cann = cann_scripts(self.board)
         tests = " || ".join(f"{{ [ -f {q(p)} ] && . {q(p)} >/dev/null 2>&1; }}" for p in cann)
         return f"if [ -f {env_sh} ]; then . {env_sh} >/dev/null 2>&1; else {tests} || true; fi; "
 
@@ -98,19 +98,25 @@ class Remote:
         return line + "exec " + " ".join(q(a) for a in argv)
 
     # -- running -------------------------------------------------------------------------
-    def run(self, argv: list[str], *, pty: bool = False, hide: bool | str = True, **kw) -> Result:
-        """Run argv on the board (see `command`); never raises on a non-zero exit."""
-        r = self.conn.run(self.command(argv, **kw), pty=pty, hide=hide, warn=True, in_stream=False if not pty else None)
+    def run(self, argv: list[str], *, pty: bool = False, hide: bool | str = True, in_stream=False, **kw) -> Result:
+        """Run argv on the board (see `command`); never raises on a non-zero exit.
+
+        in_stream: what feeds its stdin (False: nothing; None: this process's stdin).
+        """
+        r = self.conn.run(self.command(argv, **kw), pty=pty, hide=hide, warn=True,
+                          in_stream=None if pty else in_stream)
         return Result(r.exited, r.stdout, r.stderr)
 
     def python(self, args: list[str], **kw) -> Result:
         """Run the board's python (venv when present) with args."""
         return self.run(args, python=True, **kw)
 
-    def board_cli(self, args: list[str], *, pty: bool = False, hide: bool | str = True) -> Result:
-        """`python -m board ARGS` from the current release, so its `board/` package is imported."""
-        current = self.path("current")
-        return self.python(["-m", "board", *args], cwd=current, pty=pty, hide=hide)
+    def board_cli(self, args: list[str], release: str, **kw) -> Result:
+        """`python -m board ARGS` in a release dir, so that release's `board/` package is the one imported.
+
+        -B: no __pycache__ written into the release, which keeps exactly the files that were verified.
+        """
+        return self.python(["-B", "-m", "board", *args], cwd=release, **kw)
 
     def onboard(self, op: str, runtime: bool = False, **args) -> dict:
         """Run one deploy.onboard operation on the board; DeployError with its message on refusal.
@@ -118,18 +124,48 @@ class Remote:
         runtime=True runs it as board code runs (venv python, CANN environment), e.g. to probe imports.
         """
         r = self.run(["-c", ONBOARD_SOURCE, op, json.dumps(args)], python=True, venv=runtime, env=runtime)
-        last = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
+        return self._reply(op, r.stdout, r.stderr, r.exited)
+
+    def _reply(self, op: str, stdout: str, stderr: str, exited) -> dict:
+        """The result of a board-side operation from its JSON line; DeployError/BoardRefused otherwise."""
+        last = stdout.strip().splitlines()[-1] if stdout.strip() else ""
         try:
             reply = json.loads(last)
         except ValueError:
             reply = None
         if not isinstance(reply, dict):
-            why = (r.stderr.strip().splitlines() or [f"exit status {r.exited}"])[-1]
-            raise DeployError(self.board.name, f"board-side step '{op}' failed with {self.board.python}: {why}; "
-                                               f"check the inventory's python for this board")
+            why = (stderr.strip().splitlines() or [f"exit status {exited}"])[-1]
+            raise DeployError(self.board.name, f"board-side step '{op}' failed with {self.board.python}: {why}",
+                              "check the inventory's python for this board")
         if "error" in reply:
             raise BoardRefused(self.board.name, reply["error"], reply.get("errno"))
         return reply["ok"]
+
+    @contextmanager
+    def deploy_lock(self, what: str):
+        """Hold the board's deploy lock (flock on <path>/.deploy.lock) while the block runs.
+
+        A board-side process holds it until its stdin closes, so a deployer that dies frees it.
+        DeployError naming the holder when another deploy has it.
+        """
+        holder = {"who": f"{getpass.getuser()}@{socket.gethostname()}", "pid": os.getpid(), "what": what}
+        line = self.command(["-c", ONBOARD_SOURCE, "lock", json.dumps({"root": self.root, "holder": holder})],
+                            python=True, venv=False, env=False)
+        channel = self.conn.client.get_transport().open_session()
+        try:
+            channel.exec_command(line)
+            reply = self._reply("lock", channel.makefile("r").readline(), "", "no answer")
+            if not reply["locked"]:
+                raise DeployError(self.board.name, f"another deploy holds the board's lock ({_holder(reply['holder'])})",
+                                  f"wait for it to finish, then run `fab {what.split()[0]}` again")
+            yield
+        finally:
+            try:
+                channel.shutdown_write()  # EOF on the holder's stdin: it exits and the lock is free
+                channel.status_event.wait(10)
+                channel.close()
+            except LINK_ERRORS:
+                pass  # a dropped link: the board-side holder sees EOF and exits by itself
 
     def alive(self) -> bool:
         """Whether the SSH transport is still up (fabric would silently reconnect otherwise)."""
@@ -144,83 +180,19 @@ class Remote:
         return self.conn.sftp()
 
 
-def env_script(cann_script: str | None, plugin_dir: str | None) -> str:
-    """<root>/env.sh: what `fab setup` found, sourced before every board command."""
-    lines = ["# Written by `fab setup`; sourced before every board command (deploy/remote.py)."]
-    if cann_script:
-        lines.append(f". {q(cann_script)}")
-    else:
-        lines.append("# No CANN set_env.sh was found on this board at setup time.")
-    if plugin_dir:
-        lines.append(f'export ASCEND_CUSTOM_OPP_PATH={q(plugin_dir)}${{ASCEND_CUSTOM_OPP_PATH:+:$ASCEND_CUSTOM_OPP_PATH}}')
-    return "\n".join(lines) + "\n"
 
 
-class BoardRefused(DeployError):
-    """The board-side step refused or hit an OS error (errno kept: ENOSPC means a full disk)."""
-
-    def __init__(self, board: str, message: str, errno: int | None = None):
-        super().__init__(board, message)
-        self.errno = errno
-
-
-def _connection(board: Board) -> Connection:
-    """A fabric Connection that authenticates with the inventory key only and checks host keys."""
-    config = Config(overrides={"load_ssh_configs": False})
-    conn = Connection(
-        host=board.host, user=board.user, port=board.port, config=config,
-        connect_timeout=board.connect_timeout,
-        connect_kwargs={"key_filename": [str(board.key_file)], "look_for_keys": False, "allow_agent": False},
-    )
-    known = board.known_hosts_file
-    if board.trust_new_host and not known.exists():
-        known.parent.mkdir(parents=True, exist_ok=True)
-        known.touch(mode=0o600)
-    if known.exists():
-        conn.client.load_host_keys(str(known))
-    # fabric defaults to AutoAddPolicy; we trust a new host only when the inventory says so.
-    policy = paramiko.AutoAddPolicy() if board.trust_new_host else paramiko.RejectPolicy()
-    conn.client.set_missing_host_key_policy(policy)
-    return conn
-
-
-def _explain(board: Board, e: Exception) -> str:
-    """One line for a failed SSH connection: what happened and what to do."""
-    where = f"{board.host}:{board.port}"
-    known = board.known_hosts_file
-    if isinstance(e, paramiko.BadHostKeyException):
-        return (f"host key of {where} does NOT match {known} (board reinstalled, or someone in between); "
-                f"check it, then remove the old entry: ssh-keygen -R '[{board.host}]:{board.port}' -f {known}")
-    if isinstance(e, paramiko.AuthenticationException):
-        return f"SSH login as {board.user} with key {board.key_file} refused; add {board.key_file}.pub to the board's ~/.ssh/authorized_keys"
-    if isinstance(e, paramiko.SSHException) and "not found in known_hosts" in str(e):
-        return (f"host key of {where} is unknown (not in {known}); check the board's fingerprint and add it: "
-                f"ssh-keyscan -p {board.port} {board.host} >> {known} (or set trust_new_host: true for first contact)")
-    if isinstance(e, socket.gaierror):
-        return f"unknown host name '{board.host}'; fix 'host' in the inventory"
-    if isinstance(e, (socket.timeout, TimeoutError)):
-        return f"cannot reach {where} (timed out after {board.connect_timeout}s); is the board on and on this network?"
-    if isinstance(e, (paramiko.ssh_exception.NoValidConnectionsError, ConnectionRefusedError)):
-        return f"cannot reach {where} (connection refused); is sshd running on the board, and are host/port right in the inventory?"
-    return f"cannot connect to {where} ({type(e).__name__}: {e}); check host, port and that sshd runs on the board"
+def _holder(holder: dict) -> str:
+    """Who holds the deploy lock, for the user: who, process, what, since when."""
+    since = holder.get("since")
+    when = time.strftime(", since %H:%M:%S UTC", time.gmtime(since)) if isinstance(since, (int, float)) else ""
+    return f"{holder.get('who', 'unknown')}, pid {holder.get('pid', '?')}: {holder.get('what', '?')}{when}"
 
 
 @contextmanager
-def connect(board: Board):
-    """Open a Remote to the board; DeployError with one clear line when that fails."""
-    if not board.key_file.is_file():
-        raise DeployError(board.name, f"SSH key {board.key_file} not found; create one (ssh-keygen -t ed25519) "
-                                      f"or fix 'key' in the inventory")
-    if not board.trust_new_host and not board.known_hosts_file.is_file():
-        raise DeployError(board.name, f"known_hosts file {board.known_hosts_file} does not exist; add the board's key "
-                                      f"(ssh-keyscan -p {board.port} {board.host} >> {board.known_hosts_file}) "
-                                      f"or set trust_new_host: true for first contact")
-    conn = _connection(board)
-    try:
-        conn.open()
-    except (paramiko.SSHException, OSError, EOFError) as e:
-        conn.close()
-        raise DeployError(board.name, _explain(board, e)) from None
+def connect(board: Board, conn: Connection | None = None):
+    """Open a Remote to the board (over `conn` when given); DeployError with one clear line when that fails."""
+    conn = open_connection(board, conn)
     try:
         yield Remote(board, conn)
     finally:

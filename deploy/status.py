@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import time
 
-from deploy.progress import human_bytes
 from deploy.remote import Remote
+from deploy.text import human_bytes, shown
 
 
 def board_status(remote: Remote) -> dict:
@@ -17,12 +17,12 @@ def status_line(s: dict) -> str:
     mem = human_bytes(s["mem_available"]) if s.get("mem_available") is not None else "unknown"
     tail = f"{len(s['releases'])} release(s) kept; memory free {mem}; disk free {human_bytes(s['free_disk'])}"
     if not s["current"]:
-        return f"{s['board']}: no release deployed (run `fab deploy --bundle DIR`); {tail}"
+        return shown(f"{s['board']}: no release deployed (run `fab deploy --bundle DIR`); {tail}")
     b = s.get("bundle") or {}
     quant = b.get("quantization") or "?"
     if b.get("dialect"):
         quant += f"/{b['dialect']}"
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(s["deployed_at"])) if s.get("deployed_at") else "?"
-    return (f"{s['board']}: release {s['current']} (deployed {when}); model {b.get('model') or '?'}, "
-            f"quantization {quant}, kv {b.get('kv_len', '?')}, {'om' if b.get('om') else 'onnx'}, "
-            f"{human_bytes(b.get('bytes') or 0)}; {tail}")
+    return shown(f"{s['board']}: release {s['current']} (deployed {when}); model {b.get('model') or '?'}, "
+                 f"quantization {quant}, kv {b.get('kv_len', '?')}, {'om' if b.get('om') else 'onnx'}, "
+                 f"{human_bytes(b.get('bytes') or 0)}; {tail}")

@@ -1,18 +1,22 @@
 """`fab deploy / rollback / status` against a real sshd on 127.0.0.1: what lands on the board."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import pty
 import re
 import signal
+import struct
 import subprocess
+import termios
 import time
 from pathlib import Path
 
 import pytest
 
-from deploy.release import collect
+from deploy.payload import collect
 from sshd import FAB, ROOT, fab, sshd, synthetic_bundle, write_inventory  # noqa: F401  (sshd is a fixture)
 
 pytestmark = pytest.mark.ssh
@@ -59,8 +63,32 @@ def test_deploy_puts_every_file_with_its_checksum_and_points_current_at_the_rele
             assert sha(release / "board" / src.relative_to(ROOT / "board")) == sha(src)
     record = json.loads((release / ".release.json").read_text())
     assert record["id"] == release.name and record["bundle"]["model"] == "synthetic"
-    assert "model.onnx 195.3 KB/195.3 KB 100%" in r.stderr  # progress, per file
+    assert r.stderr == ""  # not a terminal: no progress lines (issue 9 §4: it was one line per file)
     assert releases(board_dir) == [release.name]  # no temporary directory left behind
+
+
+def test_upload_progress_on_a_terminal_is_one_bar_redrawn_in_place(inventory, tmp_path):
+    master, slave = pty.openpty()  # fab's stderr is a terminal here, 80 columns wide
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    env = {**os.environ, "EDGE_LLM_INVENTORY": str(inventory)}
+    bundle = synthetic_bundle(tmp_path / "bundle", weights=os.urandom(4 << 20))
+    proc = subprocess.Popen([str(FAB), "deploy", "--bundle", str(bundle)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=slave, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: fab closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    assert proc.wait(timeout=120) == 0
+    text = shown.decode()
+    assert re.search(r"testboard: +\d+%\|.*/4\.\d\dM", text), text  # the board, a bar, the bytes to send
+    assert "\r" in text and "\n" not in text  # redrawn in place, and gone when done: no line per file
 
 
 def test_second_deploy_of_the_same_bundle_uploads_nothing_and_touches_no_file(inventory, board_dir, tmp_path):

@@ -1,0 +1,99 @@
+"""What one release holds: a local bundle checked against the integrity rule, plus the board/ code.
+
+The rule (shared with the board, DESIGN.md §2): every file the board opens is a plain relative
+name listed in the manifest's `files`, inside the bundle, and no symlink. The deployer checks
+it before anything is uploaded, so a bundle that breaks it never reaches a board.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from board.manifest import MANIFEST_NAME, BundleError, Manifest, load_manifest, read_manifest, sha256_file
+
+BOARD_PACKAGE = Path(__file__).resolve().parents[1] / "board"
+RELEASE_RECORD = ".release.json"  # the board writes its own record under this name (deploy/onboard/store.py)
+ID_LENGTH = 16  # hex digits of the content hash: collisions are not a practical concern
+
+
+@dataclass(frozen=True)
+class Payload:
+    """Everything one release holds: release-relative name -> local file and its sha256."""
+
+    files: dict  # {name: Path}
+    sha256: dict  # {name: hex}
+    manifest: Manifest
+    release_id: str
+
+    def size(self, name: str) -> int:
+        return self.files[name].stat().st_size
+
+    def record(self) -> dict:
+        """What the board remembers about the release (files for reuse, bundle for status)."""
+        m = self.manifest
+        return {
+            "files": self.sha256,
+            "bundle": {
+                "model": m.model.get("name"),
+                "source": m.model.get("source"),
+                "quantization": m.quantization.scheme,
+                "dialect": m.quantization.dialect,
+                "kv_len": m.graph.kv_len,
+                "om": m.graph.om,
+                "om_soc": m.graph.om_soc,
+                "om_cann": m.graph.om_cann,
+                "bytes": sum(self.size(n) for n in self.files),
+                "graph_bytes": graph_bytes(m),
+            },
+        }
+
+
+def graph_bytes(m: Manifest) -> dict:
+    """Bytes of the weights each backend loads: onnx (+ external data) and om."""
+    onnx = sum(m.files[n].size for n in (m.graph.onnx, m.graph.onnx + ".data") if n in m.files)
+    return {"onnx": onnx, "om": m.files[m.graph.om].size if m.graph.om in m.files else 0}
+
+
+def _board_code() -> dict:
+    """The board/ package as release files (no caches)."""
+    return {
+        f"board/{p.relative_to(BOARD_PACKAGE).as_posix()}": p
+        for p in sorted(BOARD_PACKAGE.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    }
+
+
+def check_rule(bundle_dir: Path, manifest: Manifest) -> None:
+    """BundleError for the first file that breaks the integrity rule or would clash in a release."""
+    where = bundle_dir / MANIFEST_NAME
+    for name in manifest.files:
+        path = PurePosixPath(name)
+        if path.is_absolute() or ".." in path.parts or path.parts[0] in ("board", MANIFEST_NAME, RELEASE_RECORD):
+            raise BundleError(f"{where}: file name {name!r} would escape or clash in a release; rebuild")
+    for what, name in (("tokenizer", manifest.tokenizer), ("graph.onnx", manifest.graph.onnx), ("graph.om", manifest.graph.om)):
+        if name is not None and name not in manifest.files:
+            raise BundleError(f"{where}: {what} {name!r} is not listed in `files`, so the board would open it "
+                              f"unverified; rebuild the bundle")
+    for name in (MANIFEST_NAME, *manifest.files):
+        path = bundle_dir
+        for part in PurePosixPath(name).parts:
+            path = path / part
+            if path.is_symlink():
+                raise BundleError(f"{path}: a symlink inside the bundle (deploy sends files, never links); "
+                                  f"put the file itself there (cp --dereference) or rebuild the bundle")
+
+
+def collect(bundle_dir: Path, verify: bool = True) -> Payload:
+    """Check the local bundle (rule, then every sha256) and gather it with board/; BundleError when it is bad."""
+    bundle_dir = Path(bundle_dir)
+    check_rule(bundle_dir, read_manifest(bundle_dir))
+    manifest = load_manifest(bundle_dir, verify=verify)
+    files = {MANIFEST_NAME: bundle_dir / MANIFEST_NAME, **{name: bundle_dir / name for name in manifest.files}}
+    sha = {name: entry.sha256 for name, entry in manifest.files.items()}
+    files.update(_board_code())
+    for name, path in files.items():
+        sha.setdefault(name, sha256_file(path))
+    listing = "".join(f"{n} {sha[n]}\n" for n in sorted(files))
+    release_id = hashlib.sha256(listing.encode()).hexdigest()[:ID_LENGTH]
+    return Payload(files=files, sha256=sha, manifest=manifest, release_id=release_id)
