@@ -40,13 +40,15 @@ def edit_manifest(bundle: Path, change) -> None:
 
 
 @pytest.fixture
-def board_dir(tmp_path):
+def board_dir(sshd, tmp_path):  # noqa: F811
+    """The board's install path, listed by the `inventory.yml` beside it."""
+    write_inventory(tmp_path / "inventory.yml", sshd.board(tmp_path / "board"))
     return tmp_path / "board"
 
 
 @pytest.fixture
-def inventory(sshd, tmp_path, board_dir):  # noqa: F811
-    return write_inventory(tmp_path / "inventory.yml", sshd.board(board_dir))
+def inventory(board_dir):
+    return board_dir.parent / "inventory.yml"
 
 
 def start_deploy(inventory: Path, bundle: Path) -> subprocess.Popen:
