@@ -22,6 +22,11 @@ def _add_build(sub) -> None:
     p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="KV cache dtype (default fp32)")
     p.add_argument("--target", choices=("ort", "ascend"), default="ort",
                    help="W8A8 graph dialect: ort = u8u8 for onnxruntime CPU, ascend = s8s8 for the NPU")
+    p.add_argument("--compute", choices=("fp32", "fp16"),
+                   help="dtype of activations, norms and attention (default: fp16 for --target ascend, else fp32); "
+                        "integer matmuls are the same either way")
+    p.add_argument("--opset", type=int,
+                   help="ai.onnx opset (default: 11, the lowest that expresses the graph, for --target ascend; 17 for ort)")
     p.add_argument("--calib-samples", type=int, default=16, help="calibration chunks (default 16)")
     p.add_argument("--calib-seq-len", type=int, default=128, help="tokens per calibration/perplexity chunk (default 128)")
     p.add_argument("--eval-tokens", type=int, default=512, help="held-out tokens for perplexity (default 512)")
@@ -43,7 +48,7 @@ def _run_build(args) -> int:
     config = BuildConfig(
         model=args.model, out=args.out, calib=args.calib, tokenizer=args.tokenizer, quant=args.quant,
         smooth=args.smooth, act_scheme=args.act_scheme, kv_len=args.kv_len, prefill_chunks=chunks,
-        dtype=args.dtype, target=args.target, calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len,
+        dtype=args.dtype, target=args.target, compute=args.compute, opset=args.opset, calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len,
         eval_tokens=args.eval_tokens, chat_template=args.chat_template, name=args.name,
     )
     result = build(config)

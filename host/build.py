@@ -19,14 +19,18 @@ from board.manifest import CHAT_TEMPLATES, Graph, Manifest, Quantization, Tokens
 from host.bundle import REPORT_NAME, TOKENIZER_NAME, staging, write_bundle_manifest
 from host.calibrate import collect_input_absmax, split_text, summarize
 from host.errors import InputError
-from host.export import export_onnx, graph_specs
-from host.model import EdgeLlama
+from host.export import MAX_OPSET, MIN_OPSET, OPSET, export_onnx, graph_specs
+from host.model import COMPUTE_DTYPES, EdgeLlama
 from host.quantize import ACT_SCHEMES, quantize_model, quantized_layer_count
 from host.verify import VerifyConfig, verify_graph
 
 QUANT_SCHEMES = ("none", "w8a8")
 TARGETS = {"ort": "u8u8", "ascend": "s8s8"}  # target -> W8A8 graph dialect (see host/quantize.py)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+# What each target computes activations in and exports at, unless --compute / --opset say otherwise:
+# the NPU runs fp16 on its AI Cores (fp32 ops fall back to the AI CPU), at the lowest opset.
+DEFAULT_COMPUTE = {"ort": "fp32", "ascend": "fp16"}
+DEFAULT_OPSET = {"ort": OPSET, "ascend": MIN_OPSET}
 # Strings that end an assistant turn for each template family beyond the EOS token.
 STOP_STRINGS = {"zephyr": ["<|user|>", "<|system|>"], "llama2": ["[INST]"], "chatml": ["<|im_end|>"], "none": []}
 
@@ -44,8 +48,10 @@ class BuildConfig:
     act_scheme: str = "dynamic"
     kv_len: int = 256
     prefill_chunks: list = field(default_factory=lambda: [1, 16, 64])
-    dtype: str = "fp32"  # dtype of the KV cache tensors (past/present); compute stays float32
+    dtype: str = "fp32"  # dtype of the KV cache tensors (past/present)
     target: str = "ort"
+    compute: str | None = None  # activations, norms, attention: fp32 | fp16; None: DEFAULT_COMPUTE[target]
+    opset: int | None = None  # ai.onnx opset; None: DEFAULT_OPSET[target]
     calib_samples: int = 16
     calib_seq_len: int = 128
     eval_tokens: int = 512  # held-out tokens (tail of --calib) for perplexity
@@ -58,6 +64,9 @@ class BuildConfig:
             (self.act_scheme in ACT_SCHEMES, f"--act-scheme {self.act_scheme!r}: use one of {', '.join(ACT_SCHEMES)}"),
             (self.target in TARGETS, f"--target {self.target!r}: use one of {', '.join(TARGETS)}"),
             (self.dtype in DTYPES, f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}"),
+            (self.compute in (None, *DTYPES), f"--compute {self.compute!r}: use one of {', '.join(DTYPES)}"),
+            (self.opset is None or MIN_OPSET <= self.opset <= MAX_OPSET,
+             f"--opset {self.opset}: use {MIN_OPSET} (the lowest that expresses the graph) to {MAX_OPSET} (ATC's documented top)"),
             (self.smooth is None or 0.0 <= self.smooth <= 1.0, f"--smooth {self.smooth}: SmoothQuant alpha is in [0, 1], e.g. 0.5"),
             (self.smooth is None or self.quant == "w8a8", "--smooth only applies to --quant w8a8"),
             (self.kv_len >= 2, f"--kv-len {self.kv_len}: give at least 2 KV slots (e.g. 256)"),
@@ -76,6 +85,8 @@ class BuildConfig:
             raise InputError(f"--prefill-chunks {chunks}: each chunk must be in 1..--kv-len ({self.kv_len})")
         self.prefill_chunks = chunks
         self.out = Path(self.out)
+        self.compute = self.compute or DEFAULT_COMPUTE.get(self.target, "fp32")
+        self.opset = self.opset or DEFAULT_OPSET.get(self.target, OPSET)
         return self
 
 
@@ -157,16 +168,18 @@ def build_from_model(hf_model, tok, text: str, config: BuildConfig, info: dict, 
 
     with stage("calibrate", timings, f"{len(split.calib)} samples of {config.calib_seq_len} tokens"):
         absmax = collect_input_absmax(reference, split.calib)
-    graph_model = reference
+    compute = DTYPES[config.compute]
+    graph_model = reference if compute == torch.float32 else EdgeLlama.from_hf(hf_model, kv_dtype).use_compute_dtype(compute)
     if config.quant == "w8a8":
         with stage("quantize", timings):
-            graph_model = quantize_model(hf_model, absmax, config.act_scheme, TARGETS[config.target], config.smooth, kv_dtype)
+            graph_model = quantize_model(hf_model, absmax, config.act_scheme, TARGETS[config.target], config.smooth,
+                                         kv_dtype, compute)
     quant = quantization_record(config, graph_model)
 
     template = config.chat_template or getattr(tok, "chat_template", None) or "none"
     with staging(config.out) as stage_dir:
         with stage("export", timings):
-            exported = export_onnx(graph_model, stage_dir, config.kv_len)
+            exported = export_onnx(graph_model, stage_dir, config.kv_len, opset=config.opset)
         tok.tokenizer.save(str(stage_dir / TOKENIZER_NAME))
         with stage("verify", timings, f"onnxruntime vs PyTorch; perplexity on {len(split.heldout)} held-out chunks"):
             verification = verify_graph(
@@ -174,7 +187,7 @@ def build_from_model(hf_model, tok, text: str, config: BuildConfig, info: dict, 
                 graph_model,
                 reference,
                 split.heldout,
-                VerifyConfig(config.kv_len, max(config.prefill_chunks), config.quant),
+                VerifyConfig(config.kv_len, max(config.prefill_chunks), config.quant, str(compute).split(".")[-1]),
             )
         inputs, outputs = graph_specs(graph_model, config.kv_len)
         graph = Graph(
@@ -185,6 +198,7 @@ def build_from_model(hf_model, tok, text: str, config: BuildConfig, info: dict, 
             outputs=outputs,
             onnx=exported.files[0],
             opset=exported.opset,
+            compute_dtype=str(compute).split(".")[-1],
         )
         report = {
             "model": info,

@@ -17,6 +17,8 @@ with the new keys, no transposed copy of K, one slab of the cache copied per lay
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -37,6 +39,11 @@ FUSED_PROJECTIONS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj":
 # survives an fp16 conversion of the graph (ATC) without becoming -inf.
 MASK_VALUE = -65504.0
 
+# Lower bound of the per-row scale of an fp16 RMSNorm (any m > 0 gives the same result; this
+# keeps eps / m / m finite for all-zero rows).
+FP16_NORM_FLOOR = 1e-4
+COMPUTE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
 # RoPE variants whose frequencies depend on the sequence length cannot be baked into a
 # static graph; every other rope_type (default, linear, llama3, yarn) gives a fixed inv_freq.
 _DYNAMIC_ROPE_TYPES = ("dynamic", "longrope")
@@ -48,7 +55,7 @@ def arch_from_config(config) -> Arch:
 
 
 class RMSNorm(nn.Module):
-    """Llama RMSNorm: x / sqrt(mean(x^2) + eps) * weight, in float32."""
+    """Llama RMSNorm: x / sqrt(mean(x^2) + eps) * weight, in the dtype of x."""
 
     def __init__(self, weight: torch.Tensor, eps: float):
         super().__init__()
@@ -56,8 +63,14 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        variance = x.pow(2).mean(-1, keepdim=True)
-        return self.weight * (x * torch.rsqrt(variance + self.eps))
+        if x.dtype == torch.float32:
+            variance = x.pow(2).mean(-1, keepdim=True)
+            return self.weight * (x * torch.rsqrt(variance + self.eps))
+        # fp16: x^2 overflows above |x| = 256, which residual streams reach. Scale each row by its
+        # max |x| first (exact: x * rsqrt(mean(x^2) + eps) == y * rsqrt(mean(y^2) + eps / m^2), y = x / m).
+        m = x.abs().amax(-1, keepdim=True).clamp(min=FP16_NORM_FLOOR)
+        y = x / m
+        return self.weight.to(x.dtype) * (y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps / m / m))
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.eps}"
@@ -146,6 +159,7 @@ class EdgeLlama(nn.Module):
             raise InputError(f"hidden_act {config.hidden_act!r} is not supported (Llama uses silu)")
         self.arch = arch_from_config(config)
         self.kv_dtype = kv_dtype
+        self.compute_dtype = torch.float32  # activations, norms, attention; see `use_compute_dtype`
         inner = hf_model.model
         self.embed_tokens = inner.embed_tokens
         self.blocks = nn.ModuleList(Block(layer, self.arch) for layer in inner.layers)
@@ -158,6 +172,19 @@ class EdgeLlama(nn.Module):
     def from_hf(cls, hf_model, kv_dtype: torch.dtype = torch.float32) -> "EdgeLlama":
         """Wrap an HF LlamaForCausalLM, sharing its modules (no weight is copied)."""
         return cls(hf_model, kv_dtype).eval()
+
+    def use_compute_dtype(self, dtype: torch.dtype) -> "EdgeLlama":
+        """Compute activations, norms and attention in `dtype` (fp16 for the NPU).
+
+        Float nn.Linear modules get their own `dtype` copies (the HF modules stay fp32 for the
+        reference); W8A8 modules keep their integer matmul and fp32 rescale and return `dtype`.
+        """
+        self.compute_dtype = dtype
+        for name, module in list(self.linears()):
+            if type(module) is nn.Linear and module.weight.dtype != dtype:
+                owner = self if name == "lm_head" else self.blocks[int(name.split(".")[1])]
+                setattr(owner, name.rsplit(".", 1)[-1], copy.deepcopy(module).to(dtype))
+        return self
 
     def linears(self):
         """(qualified name, module) of every projection module: `layers.{i}.q_proj`, ... (or the fused `qkv_proj`)."""
@@ -194,15 +221,16 @@ class EdgeLlama(nn.Module):
         assert input_ids.shape[0] == 1 and attention_mask.shape[-1] == kv_len + input_ids.shape[-1], (
             f"attention_mask {tuple(attention_mask.shape)} must be [1, KV+S] for KV={kv_len}, S={input_ids.shape[-1]}"
         )
-        x = _cast(self.embed_tokens(input_ids), torch.float32)
-        cos, sin = self._rope(position_ids)
-        mask = self._mask(attention_mask, kv_len, input_ids)
+        dtype = self.compute_dtype
+        x = _cast(self.embed_tokens(input_ids), dtype)
+        cos, sin = (_cast(t, dtype) for t in self._rope(position_ids))
+        mask = _cast(self._mask(attention_mask, kv_len, input_ids), dtype)
         keys, values = _cache_slabs(past_key_values)
         presents = []
         for i, block in enumerate(self.blocks):
-            # an fp16 cache is widened one slab at a time, after the copy, where the slab is small and hot
-            past_k = _cast(keys[2 * i], torch.float32)
-            past_v = _cast(values[2 * i + 1].view(keys.shape[1:]), torch.float32)
+            # a cache in another dtype is converted one slab at a time, after the copy, where the slab is small and hot
+            past_k = _cast(keys[2 * i], dtype)
+            past_v = _cast(values[2 * i + 1].view(keys.shape[1:]), dtype)
             x, k, v = block(x, cos, sin, mask, past_k, past_v)
             presents += (k, v)
         logits = _cast(self.lm_head(self.norm(x)), torch.float32)

@@ -158,13 +158,15 @@ class W8A8Linear(nn.Module):
         return (self.weight_q.to(torch.float32) - self.zero_point).t() * self.weight_scale[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype  # returned in the model's compute dtype; quantization and rescale stay float32
         x = x.float()
         scale = self.act_scale if self.act_scheme == "static" else activation_scale_per_token_absmax(x)
         q = quantize_activation(x, scale)
         codes = (q + self.zero_point).to(torch.uint8) if self.zero_point else q.to(torch.int8)
         acc = IntegerMatMul.apply(codes, self.weight_q, self.zero_point)
-        y = acc.to(torch.float32) * scale * self.weight_scale
-        return y + self.bias if self.bias is not None else y
+        y = acc.to(torch.float32) * scale * self.weight_scale  # an int32 sum overflows fp16: rescale in fp32
+        y = y + self.bias if self.bias is not None else y
+        return y if y.dtype == dtype else y.to(dtype)
 
     def extra_repr(self) -> str:
         extra = f", act_scale={float(self.act_scale):.4g}" if self.act_scheme == "static" else ""
@@ -183,6 +185,7 @@ def quantize_model(
     dialect: str = "u8u8",
     smooth_alpha: float | None = None,
     kv_dtype: torch.dtype = torch.float32,
+    compute_dtype: torch.dtype = torch.float32,
 ):
     """A W8A8 EdgeLlama over `hf_model`, whose own modules stay untouched (the fp32 reference).
 
@@ -212,7 +215,7 @@ def quantize_model(
             if p not in fused:
                 _swap(block, p, [getattr(block, p)], [weights[p]], [inputs[p]], act_scheme, dialect)
     _swap(model, "lm_head", [model.lm_head], [model.lm_head.weight], [stats.get("lm_head")], act_scheme, dialect)
-    return model.eval()
+    return model.use_compute_dtype(compute_dtype).eval()
 
 
 def _smooth_block(block, weights: dict, inputs: dict, alpha: float) -> None:

@@ -134,11 +134,11 @@ def test_broken_export_fails_the_build_and_keeps_the_previous_bundle(existing, m
         def forward(self, x):
             return torch.roll(self.inner(x), 1, dims=-1)
 
-    def broken(model, directory, kv_len):  # only the exported graph has the bug, not its torch twin
+    def broken(model, directory, kv_len, **kw):  # only the exported graph has the bug, not its torch twin
         original = model.blocks[0].o_proj
         model.blocks[0].o_proj = Shifted(original)
         try:
-            return real(model, directory, kv_len)
+            return real(model, directory, kv_len, **kw)
         finally:
             model.blocks[0].o_proj = original
 
@@ -294,6 +294,46 @@ def test_stories260K_w8a8_perplexity_within_3_percent_of_fp32(stories_bundles):
     assert w8a8 / fp32 < 1.03, (fp32, w8a8)
     report = json.loads((stories_bundles["w8a8"] / "report.json").read_text())["verification"]["perplexity"]
     assert report["fp32"] == pytest.approx(fp32, rel=1e-3) and report["onnx"] == pytest.approx(w8a8, rel=1e-3)
+
+
+@pytest.fixture(scope="module")
+def stories_ascend(tmp_path_factory) -> Path:
+    """stories260K for the NPU with the target's defaults: s8s8 W8A8, fp16 compute, opset 11."""
+    out = tmp_path_factory.mktemp("stories-ascend") / "b"
+    return build(BuildConfig(model=str(need(STORIES_BIN)), tokenizer=str(need(STORIES_TOK)), calib=need(TINYSTORIES_TEXT),
+                             quant="w8a8", target="ascend", kv_len=128, out=out)).path
+
+
+def test_stories260K_ascend_bundle_computes_in_fp16_within_1_percent_of_fp32(stories_ascend):
+    import onnx
+
+    manifest = load_manifest(stories_ascend)
+    assert (manifest.graph.compute_dtype, manifest.graph.opset, manifest.quantization.dialect) == ("float16", 11, "s8s8")
+    proto = onnx.load(str(stories_ascend / "model.onnx"))
+    assert [(o.domain, o.version) for o in proto.opset_import] == [("", 11)]  # what the exporter really emitted
+    fp16_tensors = {i.name for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
+    assert len(fp16_tensors) >= 11  # the norm weights (2 per layer + final) are fp16 in the graph
+    ppl = json.loads((stories_ascend / "report.json").read_text())["verification"]["perplexity"]
+    assert ppl["ratio"] == ppl["onnx"] / ppl["fp32"] and ppl["ratio"] <= 1.01, ppl  # measured 0.9991
+    _, text = bundle_greedy(stories_ascend, ONCE, 40)
+    assert text.startswith(LILY), text
+
+
+def test_dry_run_of_an_fp16_ascend_bundle_names_precision_and_opset(stories_ascend, capsys):
+    assert main(["compile", "--bundle", str(stories_ascend), "--soc", "20T", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2] == ("# Ascend310B1 (20T board), graph opset 11, compute float16, --precision_mode_v2=origin, "
+                         "gears [1, 16, 64]")
+    assert lines[-1].startswith("atc --model=") and "--precision_mode_v2=origin" in lines[-1]
+
+
+def test_compute_and_opset_options_and_their_bounds(tmp_path, capsys):
+    path = build_test_bundle(tmp_path / "b", quant="w8a8", target="ascend", compute="fp32", opset=13)
+    manifest = load_manifest(path)
+    assert (manifest.graph.compute_dtype, manifest.graph.opset) == ("float32", 13)
+    assert load_manifest(build_test_bundle(tmp_path / "o", quant="none")).graph.opset == 17  # onnxruntime target
+    with pytest.raises(InputError, match="--opset 10: use 11 .the lowest that expresses the graph. to 18"):
+        build_test_bundle(tmp_path / "x", opset=10)
 
 
 # --- TinyLlama-shaped (slow) ---------------------------------------------------------------------------

@@ -126,3 +126,18 @@ def test_non_llama_model_is_refused():
                                                num_attention_heads=4, num_key_value_heads=2))
     with pytest.raises(InputError, match="unsupported architecture MistralForCausalLM"):
         EdgeLlama.from_hf(mistral)
+
+
+def test_fp16_rmsnorm_does_not_overflow_on_large_activations():
+    from host.model import RMSNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 64) * 900.0  # residual streams of large models reach this; x^2 overflows fp16 above 256
+    x[1] = 0.0  # an all-zero row stays finite too
+    norm = RMSNorm(torch.rand(64) + 0.5, eps=1e-5)
+    want = norm(x)
+    got = norm(x.half())
+    assert got.dtype == torch.float16 and torch.isfinite(got).all()
+    assert torch.allclose(got.float(), want, rtol=2e-3, atol=2e-3)
+    naive = x.half().pow(2).mean(-1)
+    assert torch.isinf(naive).any()  # what the straightforward fp16 form would have computed
