@@ -134,6 +134,8 @@ class Remote:
         except ValueError:
             reply = None
         if not isinstance(reply, dict):
+            if not self.alive():  # no answer because the link went: the caller reports a lost connection
+                raise EOFError(f"the SSH link dropped during the board-side step '{op}'")
             why = (stderr.strip().splitlines() or [f"exit status {exited}"])[-1]
             raise DeployError(self.board.name, f"board-side step '{op}' failed with {self.board.python}: {why}",
                               "check the inventory's python for this board")

@@ -235,3 +235,17 @@ def test_a_passphrase_key_is_used_through_ssh_agent_and_without_it_the_fix_is_na
                                             f"the board accepts; load it into ssh-agent: eval $(ssh-agent) && ssh-add {key}")
     finally:
         os.kill(int(env["SSH_AGENT_PID"]), signal.SIGTERM)
+
+
+# --- doctor goes through the same per-board path as every task (issue 9 §3) ---------------------
+def test_doctor_reports_a_connection_dropped_mid_check_as_a_failed_ssh_check(sshd, tmp_path):  # noqa: F811
+    dropping = tmp_path / "dropping-python"  # kills its SSH session when the probe starts: the link drops
+    dropping.write_text(f'#!/bin/sh\nif [ "$3" = probe ]; then kill -9 $PPID; sleep 5; fi\nexec {sys.executable} "$@"\n')
+    dropping.chmod(0o755)
+    inventory = write_inventory(tmp_path / "inv.yml", sshd.board(tmp_path / "b", python=str(dropping)))
+    r = fab(inventory, "doctor")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    first, last = r.stdout.splitlines()[0], r.stdout.splitlines()[-1]
+    assert re.fullmatch(r"testboard: fail   ssh         connection lost during doctor \(.+\) -> fix: check the board and "
+                        r"run `fab doctor` again", first), r.stdout
+    assert last == "testboard: NOT ready (failed: ssh) to run bundles with backend onnxruntime"
