@@ -17,18 +17,14 @@ def _need_release(remote: Remote) -> None:
         raise DeployError(remote.board.name, f"no release deployed under {remote.root}", "run `fab deploy --bundle DIR` first")
 
 
-def _last_line(r) -> str:
-    return (r.stderr.strip().splitlines() or r.stdout.strip().splitlines() or [f"exit status {r.exited}"])[-1]
-
-
 def _checked(remote: Remote, args: list[str], what: str, stream: bool = False) -> str:
     """stdout of `python -m board ARGS` (shown as it comes when stream); DeployError with its last error line."""
     _need_release(remote)
     current = remote.path("current")
-    r = remote.board_cli([*args, "--bundle", current], release=current, hide="stderr" if stream else True)
-    if r.exited != 0:
-        raise DeployError(remote.board.name, f"{what} failed on the board: {_last_line(r)}")
-    return r.stdout
+    result = remote.board_cli([*args, "--bundle", current], release=current, hide="stderr" if stream else True)
+    if result.exited != 0:
+        raise DeployError(remote.board.name, f"{what} failed on the board: {result.last_line()}")
+    return result.stdout
 
 
 def generate(remote: Remote, prompt: str, max_new_tokens: int, greedy: bool = False, stream: bool = False) -> str:
@@ -73,7 +69,7 @@ def verify(remote: Remote, release: str, modules: list) -> None:
         what = "; ".join(f"{name} ({why})" for name, why in sorted(imports["failed"].items()))
         raise DeployError(board, f"the board's python {imports['executable']} cannot import {what}",
                           f"run `fab setup --board {board}`")
-    r = remote.board_cli(["verify", "--bundle", release], release=release)
-    if r.exited != 0:
-        raise DeployError(board, f"the board's check of the new release failed: {_last_line(r)}",
+    result = remote.board_cli(["verify", "--bundle", release], release=release)
+    if result.exited != 0:
+        raise DeployError(board, f"the board's check of the new release failed: {result.last_line()}",
                           f"run `fab setup --board {board}` and check the bundle with `python -m board verify --bundle DIR`")

@@ -11,7 +11,7 @@ from packaging.utils import canonicalize_name
 
 from board.ascend import PLUGIN_VENDOR
 from deploy.inventory import Board
-from deploy.shell import HomePath, home_relative, q
+from deploy.shell import HomePath, home_relative, quote
 
 # Where CANN's toolkit installs its environment script on Ascend boards (root or user install).
 CANN_ENV_CANDIDATES = ("/usr/local/Ascend/ascend-toolkit/set_env.sh", HomePath("Ascend/ascend-toolkit/set_env.sh"))
@@ -55,9 +55,9 @@ def env_script(cann_script: str | None, plugin: str | None) -> str:
     """<root>/env.sh: what `fab setup` found, sourced before every board command."""
     lines = ["# Written by `fab setup`; sourced before every board command (deploy/remote.py)."]
     if cann_script:
-        lines.append(f". {q(cann_script)}")
+        lines.append(f". {quote(cann_script)}")
     else:
         lines.append("# No CANN set_env.sh was found on this board at setup time.")
     if plugin:
-        lines.append(f'export ASCEND_CUSTOM_OPP_PATH={q(plugin)}${{ASCEND_CUSTOM_OPP_PATH:+:$ASCEND_CUSTOM_OPP_PATH}}')
+        lines.append(f'export ASCEND_CUSTOM_OPP_PATH={quote(plugin)}${{ASCEND_CUSTOM_OPP_PATH:+:$ASCEND_CUSTOM_OPP_PATH}}')
     return "\n".join(lines) + "\n"

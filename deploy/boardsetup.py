@@ -62,24 +62,20 @@ def _python_deps(remote: Remote, wheels: Path | None, system_site: bool, progres
     venv = f"{root}/venv"
     if remote.run(["test", "-x", f"{venv}/bin/python"], env=False).exited != 0:
         args = ["-m", "venv", *(["--system-site-packages"] if system_site else []), venv]
-        r = remote.python(args, venv=False)
-        if r.exited != 0:
-            raise DeployError(remote.board.name, f"creating {venv} failed ({_last(r)})",
+        made = remote.python(args, venv=False)
+        if made.exited != 0:
+            raise DeployError(remote.board.name, f"creating {venv} failed ({made.last_line()})",
                               "on Debian/Ubuntu boards: sudo apt-get install python3-venv")
         steps.append(Step("venv", True, f"created {venv}"))
     offline = ["--no-index", "--find-links", f"{root}/wheels"] if wheels else []
-    r = remote.python(["-m", "pip", "install", "--disable-pip-version-check", "-q", *offline,
-                       "-r", f"{root}/requirements.txt"])
-    if r.exited != 0:
+    pip = remote.python(["-m", "pip", "install", "--disable-pip-version-check", "-q", *offline,
+                         "-r", f"{root}/requirements.txt"])
+    if pip.exited != 0:
         fix = "check the wheels match the board's python and arch" if wheels else f"offline board? pass --wheels DIR ({WHEELS_HINT})"
-        raise DeployError(remote.board.name, f"pip install in {venv} failed ({_last(r)})", fix)
+        raise DeployError(remote.board.name, f"pip install in {venv} failed ({pip.last_line()})", fix)
     steps.append(Step("python deps", True, f"installed {', '.join(f'{n}=={v}' for n, v in sorted(want.items()))} into {venv}"
                                            + (" from uploaded wheels" if wheels else "")))
     return steps
-
-
-def _last(r) -> str:
-    return (r.stderr.strip().splitlines() or r.stdout.strip().splitlines() or [f"exit status {r.exited}"])[-1]
 
 
 def _plugin(remote: Remote, cann: str | None, progress: Progress) -> Step:
@@ -96,9 +92,9 @@ def _plugin(remote: Remote, cann: str | None, progress: Progress) -> Step:
         return Step("plugin", False, f"built from this docker/plugin/ already ({installed})")
     remote.onboard("mkdirs", dirs=[f"{root}/plugin"])
     _upload_changed(remote, files, f"{root}/plugin", progress)
-    r = remote.run(["bash", f"{root}/plugin/build.sh", "--prefix", opp])
-    if r.exited != 0:
-        raise DeployError(remote.board.name, f"building the plugin on the board failed ({_last(r)})")
+    build = remote.run(["bash", f"{root}/plugin/build.sh", "--prefix", opp])
+    if build.exited != 0:
+        raise DeployError(remote.board.name, f"building the plugin on the board failed ({build.last_line()})")
     remote.onboard("write_text", path=stamp, text=digest + "\n")
     return Step("plugin", True, f"built and installed into {installed}")
 
@@ -127,6 +123,6 @@ def setup(remote: Remote, wheels: Path | None = None, with_plugin: bool = False,
 
 def setup_lines(board: str, steps: list) -> list:
     lines = [f"{board}: {'changed' if s.changed else 'ok':<7} {s.name:<12} {s.detail}" for s in steps]
-    n = sum(s.changed for s in steps)
-    lines.append(f"{board}: setup done, {n} change(s)" if n else f"{board}: setup done, nothing to change")
+    changes = sum(s.changed for s in steps)
+    lines.append(f"{board}: setup done, {changes} change(s)" if changes else f"{board}: setup done, nothing to change")
     return lines

@@ -49,11 +49,11 @@ def _modules(board: Board, probe: dict) -> list:
     required = {"numpy", "tokenizers", "onnxruntime" if board.backend == "onnxruntime" else "acl"}
     pinned, checks = pins(), []
     for name in MODULES:
-        m = probe["modules"][name]
+        found = probe["modules"][name]
         label = "pyACL (acl)" if name == "acl" else name
-        if m["ok"]:
-            version = (f"{label} " if name == "acl" else "") + (m.get("version") or "version unknown")
-            if name in pinned and m.get("version") and m["version"] != pinned[name]:
+        if found["ok"]:
+            version = (f"{label} " if name == "acl" else "") + (found.get("version") or "version unknown")
+            if name in pinned and found.get("version") and found["version"] != pinned[name]:
                 checks.append(Check(name, "warn", f"{version} (board/requirements.txt pins {pinned[name]})",
                                     SETUP.format(board=board.name)))
             else:
@@ -61,7 +61,7 @@ def _modules(board: Board, probe: dict) -> list:
         elif name in required:
             fix = ("install CANN (pyACL comes with it) and make sure set_env.sh is sourced" if name == "acl"
                    else SETUP.format(board=board.name))
-            checks.append(Check(name, "fail", f"{label} not importable ({m['error']})", fix))
+            checks.append(Check(name, "fail", f"{label} not importable ({found['error']})", fix))
         else:
             checks.append(Check(name, "absent", f"{label} not importable; not needed for backend {board.backend}"))
     return checks
@@ -129,21 +129,20 @@ def _needs(probe: dict, bundle) -> Needs | None:
         on_board = bundle.release_id in {r["id"] for r in probe["releases"]}
         return Needs(f"bundle {bundle.manifest.model.get('name')}", record["bytes"], record["graph_bytes"], on_board,
                      record.get("om_soc"), record.get("om_cann"))
-    for r in probe["releases"]:
-        if r["id"] == probe["current"]:
-            b = r.get("bundle") or {}
-            return Needs(f"release {r['id']}", b.get("bytes", 0), b.get("graph_bytes") or {}, True, b.get("om_soc"),
-                         b.get("om_cann"))
+    for release in probe["releases"]:
+        if release["id"] == probe["current"]:
+            facts = release.get("bundle") or {}
+            return Needs(f"release {release['id']}", facts.get("bytes", 0), facts.get("graph_bytes") or {}, True,
+                         facts.get("om_soc"), facts.get("om_cann"))
     return None
 
 
 def _ascend_facts(remote: Remote) -> dict:
-    r = remote.python(["-c", ASCEND_SOURCE])
+    result = remote.python(["-c", ASCEND_SOURCE])
     try:
-        return json.loads(r.stdout.strip().splitlines()[-1])
+        return json.loads(result.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        why = (r.stderr.strip().splitlines() or [f"exit status {r.exited}"])[-1]
-        raise DeployError(remote.board.name, f"board/ascend.py failed on the board: {why}") from None
+        raise DeployError(remote.board.name, f"board/ascend.py failed on the board: {result.last_line()}") from None
 
 
 def examine(remote: Remote, bundle=None) -> list:

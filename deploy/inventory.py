@@ -61,8 +61,8 @@ def _expand(value, where: str):
     if not isinstance(value, str):
         return value
 
-    def sub(m: re.Match) -> str:
-        name = m.group(1)
+    def sub(match: re.Match) -> str:
+        name = match.group(1)
         if name == "USER" and name not in os.environ:  # unset in containers and cron; the login name is meant
             return getpass.getuser()
         if name not in os.environ:

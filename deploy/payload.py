@@ -31,28 +31,29 @@ class Payload:
 
     def record(self) -> dict:
         """What the board remembers about the release (files for reuse, bundle for status)."""
-        m = self.manifest
+        manifest = self.manifest
         return {
             "files": self.sha256,
             "bundle": {
-                "model": m.model.get("name"),
-                "source": m.model.get("source"),
-                "quantization": m.quantization.scheme,
-                "dialect": m.quantization.dialect,
-                "kv_len": m.graph.kv_len,
-                "om": m.graph.om,
-                "om_soc": m.graph.om_soc,
-                "om_cann": m.graph.om_cann,
+                "model": manifest.model.get("name"),
+                "source": manifest.model.get("source"),
+                "quantization": manifest.quantization.scheme,
+                "dialect": manifest.quantization.dialect,
+                "kv_len": manifest.graph.kv_len,
+                "om": manifest.graph.om,
+                "om_soc": manifest.graph.om_soc,
+                "om_cann": manifest.graph.om_cann,
                 "bytes": sum(self.size(n) for n in self.files),
-                "graph_bytes": graph_bytes(m),
+                "graph_bytes": graph_bytes(manifest),
             },
         }
 
 
-def graph_bytes(m: Manifest) -> dict:
+def graph_bytes(manifest: Manifest) -> dict:
     """Bytes of the weights each backend loads: onnx (+ external data) and om."""
-    onnx = sum(m.files[n].size for n in (m.graph.onnx, m.graph.onnx + ".data") if n in m.files)
-    return {"onnx": onnx, "om": m.files[m.graph.om].size if m.graph.om in m.files else 0}
+    graph, files = manifest.graph, manifest.files
+    onnx = sum(files[name].size for name in (graph.onnx, graph.onnx + ".data") if name in files)
+    return {"onnx": onnx, "om": files[graph.om].size if graph.om in files else 0}
 
 
 def _board_code() -> dict:

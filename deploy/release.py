@@ -127,21 +127,31 @@ class _Deploy:
                               f"{self.unchanged}") from None
 
     def upload(self, todo: list) -> None:
-        """Send the files into the incoming dir; Ctrl-C stops at once (nothing switches mid-upload)."""
+        """Send the files into the incoming dir; Ctrl-C stops it after the chunk in flight (nothing switches)."""
         name = None
         try:
-            with self.interrupts.raising(), self.progress.upload(sum(self.payload.size(n) for n in todo)):
+            with self.progress.upload(sum(self.payload.size(n) for n in todo)):
                 for name in todo:
                     try:
-                        self.remote.put(self.payload.files[name], f"{self.incoming}/{name}", callback=self.progress.file(name))
+                        self.remote.put(self.payload.files[name], f"{self.incoming}/{name}", callback=self.sent(name))
                     except LINK_ERRORS as e:
-                        if self.interrupts.pending:
+                        if self.interrupts.pending:  # the link failed while the interrupted file was closed
                             raise KeyboardInterrupt from None
                         raise self.upload_failed(name, e) from None
         except KeyboardInterrupt:
             self.discard()
-            raise Interrupted(self.name, f"interrupted while uploading {name or 'the release'}; {self.unchanged}",
-                              AGAIN) from None
+            raise Interrupted(self.name, f"interrupted while uploading {name}; {self.unchanged}", AGAIN) from None
+
+    def sent(self, name: str):
+        """paramiko's per-chunk callback: advances the bar, and ends the upload there after a Ctrl-C."""
+        advance = self.progress.file(name)
+
+        def callback(done: int, total: int) -> None:
+            advance(done, total)
+            if self.interrupts.pending:
+                raise KeyboardInterrupt  # between chunks: paramiko still closes the remote file in order
+
+        return callback
 
     def upload_failed(self, name: str, e: Exception) -> DeployError:
         """Turn an upload error into one line: dropped link, full disk, or the raw reason."""

@@ -24,7 +24,7 @@ from fabric import Connection
 from deploy.boardenv import cann_scripts
 from deploy.errors import BoardRefused, DeployError
 from deploy.inventory import Board
-from deploy.shell import q
+from deploy.shell import quote
 from deploy.ssh import LINK_ERRORS, open_connection
 
 ONBOARD_MODULES = ("deploy.onboard", "deploy.onboard.files", "deploy.onboard.store", "deploy.onboard.probe",
@@ -52,6 +52,10 @@ class Result:
     stdout: str
     stderr: str
 
+    def last_line(self) -> str:
+        """What a failed command said last (stderr, else stdout), for a one-line error."""
+        return (self.stderr.strip().splitlines() or self.stdout.strip().splitlines() or [f"exit status {self.exited}"])[-1]
+
 
 class Remote:
     """An open SSH session to one board, with the board's install root resolved."""
@@ -77,9 +81,9 @@ class Remote:
     # -- command lines -------------------------------------------------------------------
     def _env_prefix(self) -> str:
         """Source setup's env.sh, else the CANN script when present; silent and never fatal."""
-        env_sh = q(self.path("env.sh"))
+        env_sh = quote(self.path("env.sh"))
         cann = cann_scripts(self.board)
-        tests = " || ".join(f"{{ [ -f {q(p)} ] && . {q(p)} >/dev/null 2>&1; }}" for p in cann)
+        tests = " || ".join(f"{{ [ -f {quote(script)} ] && . {quote(script)} >/dev/null 2>&1; }}" for script in cann)
         return f"if [ -f {env_sh} ]; then . {env_sh} >/dev/null 2>&1; else {tests} || true; fi; "
 
     def command(self, argv: list[str], *, cwd: str | None = None, python: bool = False,
@@ -87,15 +91,15 @@ class Remote:
         """One shell line: optional env, optional cd, then exec argv (argv[0] = the python when python=True)."""
         line = self._env_prefix() if env else ""
         if cwd:
-            line += f"cd {q(cwd)} && "
+            line += f"cd {quote(cwd)} && "
         if python:
-            base = q(self.board.python)
+            base = quote(self.board.python)
             if venv:
-                line += f'PY={q(self.path("venv/bin/python"))}; [ -x "$PY" ] || PY={base}; exec "$PY" '
+                line += f'PY={quote(self.path("venv/bin/python"))}; [ -x "$PY" ] || PY={base}; exec "$PY" '
             else:
                 line += f"exec {base} "
-            return line + " ".join(q(a) for a in argv)
-        return line + "exec " + " ".join(q(a) for a in argv)
+            return line + " ".join(quote(word) for word in argv)
+        return line + "exec " + " ".join(quote(word) for word in argv)
 
     # -- running -------------------------------------------------------------------------
     def run(self, argv: list[str], *, pty: bool = False, hide: bool | str = True, in_stream=False, **kw) -> Result:
@@ -103,9 +107,9 @@ class Remote:
 
         in_stream: what feeds its stdin (False: nothing; None: this process's stdin).
         """
-        r = self.conn.run(self.command(argv, **kw), pty=pty, hide=hide, warn=True,
-                          in_stream=None if pty else in_stream)
-        return Result(r.exited, r.stdout, r.stderr)
+        done = self.conn.run(self.command(argv, **kw), pty=pty, hide=hide, warn=True,
+                             in_stream=None if pty else in_stream)
+        return Result(done.exited, done.stdout, done.stderr)
 
     def python(self, args: list[str], **kw) -> Result:
         """Run the board's python (venv when present) with args."""
@@ -123,8 +127,8 @@ class Remote:
 
         runtime=True runs it as board code runs (venv python, CANN environment), e.g. to probe imports.
         """
-        r = self.run(["-c", ONBOARD_SOURCE, op, json.dumps(args)], python=True, venv=runtime, env=runtime)
-        return self._reply(op, r.stdout, r.stderr, r.exited)
+        result = self.run(["-c", ONBOARD_SOURCE, op, json.dumps(args)], python=True, venv=runtime, env=runtime)
+        return self._reply(op, result.stdout, result.stderr, result.exited)
 
     def _reply(self, op: str, stdout: str, stderr: str, exited) -> dict:
         """The result of a board-side operation from its JSON line; DeployError/BoardRefused otherwise."""

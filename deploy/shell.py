@@ -13,7 +13,7 @@ def home_relative(path: str) -> str:
     return HomePath(path[2:]) if path.startswith("~/") else path
 
 
-def q(value: str) -> str:
+def quote(value: str) -> str:
     """Shell-quote one word; a HomePath becomes "$HOME"/'rest' so only $HOME expands."""
     if isinstance(value, HomePath):
         return '"$HOME"/' + shlex.quote(str(value))

@@ -12,17 +12,17 @@ def board_status(remote: Remote) -> dict:
     return {"board": remote.board.name, **remote.onboard("status", root=remote.root)}
 
 
-def status_line(s: dict) -> str:
+def status_line(status: dict) -> str:
     """One line: release, bundle, releases kept, free memory and disk."""
-    mem = human_bytes(s["mem_available"]) if s.get("mem_available") is not None else "unknown"
-    tail = f"{len(s['releases'])} release(s) kept; memory free {mem}; disk free {human_bytes(s['free_disk'])}"
-    if not s["current"]:
-        return shown(f"{s['board']}: no release deployed (run `fab deploy --bundle DIR`); {tail}")
-    b = s.get("bundle") or {}
-    quant = b.get("quantization") or "?"
-    if b.get("dialect"):
-        quant += f"/{b['dialect']}"
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(s["deployed_at"])) if s.get("deployed_at") else "?"
-    return shown(f"{s['board']}: release {s['current']} (deployed {when}); model {b.get('model') or '?'}, "
-                 f"quantization {quant}, kv {b.get('kv_len', '?')}, {'om' if b.get('om') else 'onnx'}, "
-                 f"{human_bytes(b.get('bytes') or 0)}; {tail}")
+    mem = human_bytes(status["mem_available"]) if status.get("mem_available") is not None else "unknown"
+    tail = f"{len(status['releases'])} release(s) kept; memory free {mem}; disk free {human_bytes(status['free_disk'])}"
+    if not status["current"]:
+        return shown(f"{status['board']}: no release deployed (run `fab deploy --bundle DIR`); {tail}")
+    bundle = status.get("bundle") or {}
+    quant = bundle.get("quantization") or "?"
+    if bundle.get("dialect"):
+        quant += f"/{bundle['dialect']}"
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(status["deployed_at"])) if status.get("deployed_at") else "?"
+    return shown(f"{status['board']}: release {status['current']} (deployed {when}); model {bundle.get('model') or '?'}, "
+                 f"quantization {quant}, kv {bundle.get('kv_len', '?')}, {'om' if bundle.get('om') else 'onnx'}, "
+                 f"{human_bytes(bundle.get('bytes') or 0)}; {tail}")

@@ -42,9 +42,9 @@ def op_imports(args):
     """Which of the modules the board code needs do not import, and why (run as board code runs)."""
     failed = {}
     for name in args["modules"]:
-        m = _module(name)
-        if not m["ok"]:
-            failed[name] = m["error"]
+        found = _module(name)
+        if not found["ok"]:
+            failed[name] = found["error"]
     return {"failed": failed, "executable": sys.executable}
 
 
