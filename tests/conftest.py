@@ -1,33 +1,21 @@
-"""Shared test fixtures: where ../shared lives, and skips with a reason when it does not."""
+"""Shared fixtures: bundles built once per session, a real sshd, the stand-in ATC environment."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-STORIES_BIN = SHARED / "models/stories260K/stories260K.bin"
-STORIES_TOK = SHARED / "models/stories260K/tok512.bin"
-LLAMA2_TOKENIZER = SHARED / "tokenizers/llama2/tokenizer.model"
-TINYSTORIES_TEXT = SHARED / "data/tinystories-valid-part1.txt"
-WIKITEXT = SHARED / "data/wikitext-2-raw-wiki.test.raw"
-
-
-def need(path: Path) -> Path:
-    """Skip the test, naming the file, when ../shared does not have it."""
-    if not path.exists():
-        pytest.skip(f"{path} is absent (../shared is not beside this checkout)")
-    return path
+from tests.support.paths import STORIES_BIN, STORIES_TOK, TINYSTORIES_TEXT, need
 
 
 # --- bundles (owner: host pipeline) ---------------------------------------------------------
 # Complete bundles of a tiny random Llama, built once per test session by the real host
-# pipeline (tests/bundles.py). Treat them as read-only; copy one before modifying it.
+# pipeline (tests/support/bundles.py). Treat them as read-only; copy one before modifying it.
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory) -> Path:
     """fp32 bundle: 2 layers, hidden 64, GQA 4/2 heads, vocab 320, KV 64, prefill chunks [1, 8, 16]."""
-    from bundles import build_test_bundle
+    from tests.support.bundles import build_test_bundle
 
     return build_test_bundle(tmp_path_factory.mktemp("bundles") / "tiny", quant="none")
 
@@ -35,7 +23,7 @@ def tiny_bundle(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_w8a8_bundle(tmp_path_factory) -> Path:
     """The same model as `tiny_bundle`, W8A8 (u8u8 dialect, per-token dynamic activations)."""
-    from bundles import build_test_bundle
+    from tests.support.bundles import build_test_bundle
 
     return build_test_bundle(tmp_path_factory.mktemp("bundles") / "tiny-w8a8", quant="w8a8")
 
@@ -66,3 +54,30 @@ def smollm2():
     from tests.support.models import smollm2 as fetch
 
     return fetch()
+
+
+# --- a real OpenSSH server on 127.0.0.1 (tests/support/sshd.py) -----------------------------
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """One real sshd per test module."""
+    from tests.support.sshd import start_sshd
+
+    server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.stop()
+
+
+# --- the stand-in ATC (tests/fake_bin/atc, a TEST DOUBLE) ------------------------------------
+@pytest.fixture
+def fake_atc_env(tmp_path, monkeypatch):
+    """PATH with the stand-in atc first (and this venv's python3 for its onnx), plugin installed, CANN 8.0.RC1."""
+    from tests.support.compile_bundles import FAKE_BIN, fake_toolkit, install_fake_plugin
+
+    opp = tmp_path / "opp"
+    install_fake_plugin(opp)
+    monkeypatch.setenv("PATH", f"{FAKE_BIN}:{Path(sys.executable).parent}:/usr/bin:/bin")
+    monkeypatch.setenv("ASCEND_OPP_PATH", str(opp))
+    monkeypatch.setenv("ASCEND_TOOLKIT_HOME", str(fake_toolkit(tmp_path, "8.0.RC1")))
+    monkeypatch.delenv("ASCEND_CUSTOM_OPP_PATH", raising=False)
+    monkeypatch.delenv("FAKE_ATC_FAIL", raising=False)
+    return opp

@@ -1,4 +1,4 @@
-"""The acl backend through tests/fake_acl.py (a test double of pyACL that runs model.onnx underneath):
+"""The acl backend through tests/support/fake_acl.py (a test double of pyACL that runs model.onnx underneath):
 same tokens as onnxruntime, in both run modes (host with memcpy, 310B shared memory), clean teardown."""
 import shutil
 import sys
@@ -14,7 +14,7 @@ from board.errors import BoardError
 from board.manifest import BundleError
 from board.generate import GenerateConfig, generate
 from board.sampling import GREEDY, SamplingConfig
-from fake_acl import ACL_DEVICE, ACL_HOST, FakeAcl, write_fake_om
+from tests.support.fake_acl import ACL_DEVICE, ACL_HOST, FakeAcl, write_fake_om
 
 PROMPT = "Once upon a time there was a little girl named lily"
 
@@ -92,7 +92,7 @@ def test_an_om_that_does_not_load_names_the_file_and_cleans_up(om_bundle, monkey
 
 
 def test_fp16_kv_cache_in_shared_device_memory(tmp_path_factory, monkeypatch):
-    from bundles import build_test_bundle
+    from tests.support.bundles import build_test_bundle
 
     path = build_test_bundle(tmp_path_factory.mktemp("acl16") / "tiny-fp16", quant="none", dtype="fp16")
     write_fake_om(path)

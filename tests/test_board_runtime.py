@@ -1,4 +1,4 @@
-"""The board runtime end to end on tiny bundles built by the real host pipeline (tests/bundles.py).
+"""The board runtime end to end on tiny bundles built by the real host pipeline (tests/support/bundles.py).
 
 The cached, chunked generation loop is checked against a full recompute (whole sequence, empty
 cache) on the same graph; the CLI is run in a subprocess, also with torch/transformers/onnx/host
@@ -19,7 +19,7 @@ from board.engine import Engine
 from board.generate import GenerateConfig, generate
 from board.perplexity import log_softmax, perplexity
 from board.sampling import GREEDY, SamplingConfig
-from conftest import ROOT
+from tests.support.paths import ROOT
 
 PROMPT = "Once upon a time there was a little girl"
 

@@ -10,7 +10,7 @@ from board.backends import open_backend
 from board.bundle import open_bundle
 from board.engine import Engine
 from board.perplexity import perplexity
-from conftest import ROOT, TINYSTORIES_TEXT, need
+from tests.support.paths import ROOT, TINYSTORIES_TEXT, need
 
 # /work/shared/README.md: llama2.c's greedy decoding of stories260K from BOS
 REFERENCE = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
@@ -18,19 +18,11 @@ BLOCKED = "import runpy, sys\nfor m in ('torch', 'transformers', 'onnx', 'host')
           "sys.argv = ['board'] + sys.argv[1:]\nrunpy.run_module('board', run_name='__main__')\n"
 
 
-@pytest.fixture(scope="module")
-def stories(request):
-    try:
-        return request.getfixturevalue("stories_bundles")
-    except pytest.FixtureLookupError:
-        pytest.skip("no stories_bundles fixture in tests/conftest.py")
-
-
 @pytest.mark.parametrize("quant", ["none", "w8a8"])
 @pytest.mark.parametrize("prompt", ["", "Once upon a time"])
-def test_greedy_text_matches_llama2c(stories, quant, prompt):
+def test_greedy_text_matches_llama2c(stories_bundles, quant, prompt):
     proc = subprocess.run(
-        [sys.executable, "-c", BLOCKED, "generate", "--bundle", str(stories[quant]), "--prompt", prompt, "--greedy",
+        [sys.executable, "-c", BLOCKED, "generate", "--bundle", str(stories_bundles[quant]), "--prompt", prompt, "--greedy",
          "--max-new-tokens", "40", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (prompt + json.loads(proc.stdout)["text"]).startswith(REFERENCE)
@@ -42,10 +34,10 @@ def measured_perplexity(path, text):
         return perplexity(Engine(backend, bundle.manifest), bundle.tokenizer, text, max_tokens=512)
 
 
-def test_perplexity_on_tinystories_is_near_llama2c_and_w8a8_stays_close(stories):
+def test_perplexity_on_tinystories_is_near_llama2c_and_w8a8_stays_close(stories_bundles):
     text = need(TINYSTORIES_TEXT).read_text()[:20000]
-    fp32 = measured_perplexity(stories["none"], text)
-    w8a8 = measured_perplexity(stories["w8a8"], text)
+    fp32 = measured_perplexity(stories_bundles["none"], text)
+    w8a8 = measured_perplexity(stories_bundles["w8a8"], text)
     assert fp32["tokens"] == w8a8["tokens"] == 511  # through a 128-slot cache: eviction included
     # README: about 1.33 nats/token on TinyStories validation text (perplexity ~3.8); measured 3.7-3.8
     assert 3.2 < fp32["perplexity"] < 4.5, fp32

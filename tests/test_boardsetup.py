@@ -15,7 +15,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from sshd import ROOT, fab, sshd, write_inventory  # noqa: F401  (sshd is a fixture)
+from tests.support.paths import ROOT
+from tests.support.sshd import fab, write_inventory
 
 pytestmark = pytest.mark.ssh
 BASE_PYTHON = getattr(sys, "_base_executable", sys.executable)
@@ -27,7 +28,7 @@ def snapshot(root: Path) -> dict:
     return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(root.rglob("*")) if not p.is_symlink()}
 
 
-def test_setup_prepares_a_bare_directory_and_a_second_run_changes_nothing(sshd, tmp_path, tiny_bundle):  # noqa: F811
+def test_setup_prepares_a_bare_directory_and_a_second_run_changes_nothing(sshd, tmp_path, tiny_bundle):
     board = tmp_path / "board"
     inventory = write_inventory(tmp_path / "inv.yml", sshd.board(board))  # its python has the pinned packages
     r = fab(inventory, "setup")
@@ -49,7 +50,7 @@ def test_setup_prepares_a_bare_directory_and_a_second_run_changes_nothing(sshd, 
     assert r.returncode == 0 and r.stdout.strip(), r.stderr
 
 
-def test_with_plugin_without_cann_is_refused_in_one_line(sshd, tmp_path):  # noqa: F811
+def test_with_plugin_without_cann_is_refused_in_one_line(sshd, tmp_path):
     inventory = write_inventory(tmp_path / "inv.yml", sshd.board(tmp_path / "board"))
     r = fab(inventory, "setup", "--with-plugin")
     assert r.returncode == 1
@@ -57,7 +58,7 @@ def test_with_plugin_without_cann_is_refused_in_one_line(sshd, tmp_path):  # noq
                                 "install CANN first, then run `fab setup --with-plugin` again")
 
 
-def test_an_empty_wheels_directory_is_named(sshd, tmp_path):  # noqa: F811
+def test_an_empty_wheels_directory_is_named(sshd, tmp_path):
     (tmp_path / "wheels").mkdir()
     inventory = write_inventory(tmp_path / "inv.yml", sshd.board(tmp_path / "board", python=BASE_PYTHON))
     r = fab(inventory, "setup", "--wheels", str(tmp_path / "wheels"))
@@ -103,7 +104,7 @@ def _repack(dist: md.Distribution, out: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_offline_setup_from_wheels_makes_a_venv_that_runs_generate(sshd, tmp_path, tiny_bundle):  # noqa: F811
+def test_offline_setup_from_wheels_makes_a_venv_that_runs_generate(sshd, tmp_path, tiny_bundle):
     if subprocess.run([BASE_PYTHON, "-c", "import onnxruntime"], capture_output=True).returncode == 0:
         pytest.skip(f"{BASE_PYTHON} already has onnxruntime: it cannot play a bare board")
     wheels = tmp_path / "wheels"

@@ -16,8 +16,11 @@ import pytest
 import torch
 
 from board.manifest import CHAT_TEMPLATES, load_manifest
-from conftest import LLAMA2_TOKENIZER, ROOT, STORIES_BIN, STORIES_TOK, TINYSTORIES_TEXT, WIKITEXT, need
-from bundles import (
+from host import build as build_module
+from host.__main__ import main
+from host.build import build
+from host.errors import BuildError, InputError
+from tests.support.bundles import (
     build_test_bundle,
     bundle_greedy,
     bundle_perplexity,
@@ -26,10 +29,7 @@ from bundles import (
     make_tokenizer,
     sample_text,
 )
-from host import build as build_module
-from host.__main__ import main
-from host.build import BuildConfig, build
-from host.errors import BuildError, InputError
+from tests.support.paths import LLAMA2_TOKENIZER, ROOT, STORIES_BIN, STORIES_TOK, TINYSTORIES_TEXT, WIKITEXT, need
 
 ONCE = "Once upon a time"
 LILY = ", there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball."

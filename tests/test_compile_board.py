@@ -14,14 +14,14 @@ import pytest
 
 from board.manifest import load_manifest
 from host.__main__ import main
-from sshd import sshd, write_inventory  # noqa: F401  (sshd is a fixture)
-from test_compile import FAKE_BIN, install_fake_plugin, make_bundle, snapshot
+from tests.support.compile_bundles import FAKE_BIN, install_fake_plugin, make_bundle, snapshot
+from tests.support.sshd import write_inventory
 
 pytestmark = pytest.mark.ssh
 
 
 @pytest.fixture
-def board(sshd, tmp_path, monkeypatch):  # noqa: F811
+def board(sshd, tmp_path, monkeypatch):
     root = tmp_path / "board"
     root.mkdir()
     install_fake_plugin(root / "opp")

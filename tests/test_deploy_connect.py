@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sshd import _free_port, fab, sshd, synthetic_bundle, write_inventory  # noqa: F401  (sshd is a fixture)
+from tests.support.sshd import fab, free_port, synthetic_bundle, write_inventory
 
 pytestmark = pytest.mark.ssh
 
@@ -19,8 +19,8 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
-def test_unreachable_board_is_one_line_and_a_non_zero_exit(sshd, tmp_path):  # noqa: F811
-    port = _free_port()  # nothing listens there
+def test_unreachable_board_is_one_line_and_a_non_zero_exit(sshd, tmp_path):
+    port = free_port()  # nothing listens there
     inventory = write_inventory(tmp_path / "inv.yml", sshd.board(tmp_path / "b", port=port))
     r = fab(inventory, "status")
     assert r.returncode == 1
@@ -28,8 +28,8 @@ def test_unreachable_board_is_one_line_and_a_non_zero_exit(sshd, tmp_path):  # n
                                   f"the board, and are host/port right in the inventory?")
 
 
-def test_one_unreachable_board_does_not_stop_the_others_and_each_is_reported(sshd, tmp_path):  # noqa: F811
-    port = _free_port()
+def test_one_unreachable_board_does_not_stop_the_others_and_each_is_reported(sshd, tmp_path):
+    port = free_port()
     inventory = write_inventory(tmp_path / "inv.yml", sshd.board(tmp_path / "a", name="down", port=port),
                                 sshd.board(tmp_path / "b", name="up"))
     r = fab(inventory, "deploy", "--bundle", str(synthetic_bundle(tmp_path / "bundle")))
@@ -41,7 +41,7 @@ def test_one_unreachable_board_does_not_stop_the_others_and_each_is_reported(ssh
     assert lines[-1] == "deploy failed on 1 of 2 boards: down"
 
 
-def test_unknown_host_key_is_rejected_and_nothing_runs(sshd, tmp_path):  # noqa: F811
+def test_unknown_host_key_is_rejected_and_nothing_runs(sshd, tmp_path):
     known = tmp_path / "known_hosts"
     known.write_text("")
     inventory = write_inventory(tmp_path / "inv.yml", sshd.board(tmp_path / "b", known_hosts=str(known)))
@@ -53,7 +53,7 @@ def test_unknown_host_key_is_rejected_and_nothing_runs(sshd, tmp_path):  # noqa:
     assert not (tmp_path / "b").exists() and known.read_text() == ""
 
 
-def test_trust_new_host_records_the_key_and_later_contacts_are_verified(sshd, tmp_path):  # noqa: F811
+def test_trust_new_host_records_the_key_and_later_contacts_are_verified(sshd, tmp_path):
     known = tmp_path / "new" / "known_hosts"
     inventory = write_inventory(tmp_path / "inv.yml",
                                 sshd.board(tmp_path / "b", known_hosts=str(known), trust_new_host=True))
@@ -65,7 +65,7 @@ def test_trust_new_host_records_the_key_and_later_contacts_are_verified(sshd, tm
     assert fab(strict, "status").returncode == 0
 
 
-def test_changed_host_key_is_refused_even_with_trust_new_host(sshd, tmp_path):  # noqa: F811
+def test_changed_host_key_is_refused_even_with_trust_new_host(sshd, tmp_path):
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
     other = (tmp_path / "other.pub").read_text().split()
     known = tmp_path / "known_hosts"
@@ -77,7 +77,7 @@ def test_changed_host_key_is_refused_even_with_trust_new_host(sshd, tmp_path):  
     assert one_line(r.stderr).startswith(f"testboard: host key of 127.0.0.1:{sshd.port} does NOT match {known} ")
 
 
-def test_a_key_the_board_does_not_accept_is_named(sshd, tmp_path):  # noqa: F811
+def test_a_key_the_board_does_not_accept_is_named(sshd, tmp_path):
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "stranger")], check=True)
     inventory = write_inventory(tmp_path / "inv.yml", sshd.board(tmp_path / "b", key=str(tmp_path / "stranger")))
     r = fab(inventory, "status")
@@ -86,13 +86,13 @@ def test_a_key_the_board_does_not_accept_is_named(sshd, tmp_path):  # noqa: F811
                                   f"{tmp_path / 'stranger'}.pub to the board's ~/.ssh/authorized_keys")
 
 
-def test_a_missing_key_file_is_named_before_connecting(sshd, tmp_path):  # noqa: F811
+def test_a_missing_key_file_is_named_before_connecting(sshd, tmp_path):
     inventory = write_inventory(tmp_path / "inv.yml", sshd.board(tmp_path / "b", key=str(tmp_path / "nokey")))
     r = fab(inventory, "status")
     assert r.returncode == 1 and one_line(r.stderr).startswith(f"testboard: SSH key {tmp_path / 'nokey'} not found;")
 
 
-def test_shell_metacharacters_in_path_and_prompt_are_data_not_commands(sshd, tmp_path):  # noqa: F811
+def test_shell_metacharacters_in_path_and_prompt_are_data_not_commands(sshd, tmp_path):
     marker = tmp_path / "pwned"
     board = tmp_path / f"b d'$(touch {marker})`touch {marker}`;touch {marker}"
     inventory = write_inventory(tmp_path / "inv.yml", sshd.board(board))
@@ -103,7 +103,7 @@ def test_shell_metacharacters_in_path_and_prompt_are_data_not_commands(sshd, tmp
     assert not marker.exists()
 
 
-def test_a_path_under_the_remote_home_is_resolved_on_the_board(sshd, tmp_path):  # noqa: F811
+def test_a_path_under_the_remote_home_is_resolved_on_the_board(sshd, tmp_path):
     name = f".edge-llm-test-{uuid.uuid4().hex[:8]}"
     local = Path.home() / name  # the "board" is this machine, as the same user
     inventory = write_inventory(tmp_path / "inv.yml", sshd.board(f"~/{name}"))

@@ -8,14 +8,15 @@ import sys
 
 import pytest
 
-from sshd import FAB, ROOT, fab, sshd, write_inventory  # noqa: F401  (sshd is a fixture)
+from tests.support.paths import ROOT
+from tests.support.sshd import FAB, fab, write_inventory
 
 pytestmark = pytest.mark.ssh
 PROMPT = "once upon a time"
 
 
 @pytest.fixture(scope="module")
-def deployed(sshd, tiny_bundle, tmp_path_factory):  # noqa: F811
+def deployed(sshd, tiny_bundle, tmp_path_factory):
     """The tiny bundle deployed to the sshd board; the inventory."""
     tmp = tmp_path_factory.mktemp("generate")
     inventory = write_inventory(tmp / "inventory.yml", sshd.board(tmp / "board"))

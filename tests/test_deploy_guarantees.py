@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from sshd import FAB, ROOT, fab, sshd, synthetic_bundle, write_inventory  # noqa: F401  (sshd is a fixture)
+from tests.support.paths import ROOT
+from tests.support.sshd import FAB, fab, synthetic_bundle, write_inventory
 
 pytestmark = pytest.mark.ssh
 
@@ -40,7 +41,7 @@ def edit_manifest(bundle: Path, change) -> None:
 
 
 @pytest.fixture
-def board_dir(sshd, tmp_path):  # noqa: F811
+def board_dir(sshd, tmp_path):
     """The board's install path, listed by the `inventory.yml` beside it."""
     write_inventory(tmp_path / "inventory.yml", sshd.board(tmp_path / "board"))
     return tmp_path / "board"
@@ -121,7 +122,7 @@ def test_status_and_doctor_print_a_manifest_s_terminal_escapes_escaped(inventory
 
 
 # --- bad input: one line, status 2 (issue 10 #8) ---------------------------------------------
-def test_a_binary_inventory_or_key_file_and_a_bad_count_are_one_line_and_status_2(sshd, tmp_path):  # noqa: F811
+def test_a_binary_inventory_or_key_file_and_a_bad_count_are_one_line_and_status_2(sshd, tmp_path):
     binary = tmp_path / "binary"
     binary.write_bytes(bytes(range(256)) * 4)
     r = fab(binary, "status")
@@ -155,7 +156,7 @@ def test_a_second_deploy_is_told_who_holds_the_lock_and_the_first_one_completes(
 
 
 # --- the board's own check before the switch (issue 10 #13) ------------------------------------
-def test_a_board_python_without_numpy_is_refused_before_the_switch_with_the_fix(sshd, tmp_path, board_dir):  # noqa: F811
+def test_a_board_python_without_numpy_is_refused_before_the_switch_with_the_fix(sshd, tmp_path, board_dir):
     ok = write_inventory(tmp_path / "ok.yml", sshd.board(board_dir))
     assert fab(ok, "deploy", "--bundle", str(synthetic_bundle(tmp_path / "a", model="a"))).returncode == 0
     before = current(board_dir)
@@ -181,7 +182,7 @@ def slow_python(tmp_path: Path, op: str) -> Path:
 
 
 @pytest.mark.parametrize("op", ["verify", "activate"])
-def test_ctrl_c_on_the_board_step_says_whether_current_moved(sshd, tmp_path, board_dir, op):  # noqa: F811
+def test_ctrl_c_on_the_board_step_says_whether_current_moved(sshd, tmp_path, board_dir, op):
     inventory = write_inventory(tmp_path / "inv.yml", sshd.board(board_dir, python=str(slow_python(tmp_path, op))))
     assert fab(inventory, "deploy", "--bundle", str(synthetic_bundle(tmp_path / "a", model="a"))).returncode == 0
     (tmp_path / f"reached-{op}").unlink()
@@ -216,7 +217,7 @@ def test_ctrl_c_mid_upload_says_interrupted_and_current_stays(inventory, board_d
 
 
 # --- SSH keys as `ssh` uses them (issue 10 #15) -------------------------------------------------
-def test_a_passphrase_key_is_used_through_ssh_agent_and_without_it_the_fix_is_named(sshd, tmp_path):  # noqa: F811
+def test_a_passphrase_key_is_used_through_ssh_agent_and_without_it_the_fix_is_named(sshd, tmp_path):
     key = tmp_path / "locked_key"
     key.write_bytes(sshd.client_key.read_bytes())
     key.chmod(0o600)

@@ -5,7 +5,7 @@ import pytest
 
 from deploy.errors import InventoryError
 from deploy.inventory import DEFAULT_INVENTORY, Board, inventory_path, load_inventory, parse_inventory, select
-from sshd import fab, write_inventory
+from tests.support.sshd import fab, write_inventory
 
 MINIMAL = {"name": "pi-1", "host": "192.168.1.20", "user": "HwHiAiUser", "key": "~/.ssh/id_ed25519",
            "path": "/home/HwHiAiUser/edge-llm", "backend": "acl"}

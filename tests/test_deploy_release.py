@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from deploy.payload import collect
-from sshd import FAB, ROOT, fab, sshd, synthetic_bundle, write_inventory  # noqa: F401  (sshd is a fixture)
+from tests.support.paths import ROOT
+from tests.support.sshd import FAB, fab, synthetic_bundle, write_inventory
 
 pytestmark = pytest.mark.ssh
 
@@ -43,7 +44,7 @@ def board_dir(tmp_path):
 
 
 @pytest.fixture
-def inventory(sshd, tmp_path, board_dir):  # noqa: F811
+def inventory(sshd, tmp_path, board_dir):
     return write_inventory(tmp_path / "inventory.yml", sshd.board(board_dir))
 
 
@@ -177,7 +178,7 @@ def test_checksum_mismatch_on_the_board_leaves_current_and_no_upload_reuses_noth
     assert sha(current_release(board_dir) / "tokenizer.json") == sha(second / "tokenizer.json")
 
 
-def test_old_releases_are_pruned_to_keep_releases(sshd, tmp_path, board_dir):  # noqa: F811
+def test_old_releases_are_pruned_to_keep_releases(sshd, tmp_path, board_dir):
     inventory = write_inventory(tmp_path / "inv.yml", sshd.board(board_dir, keep_releases=2))
     for name in ("a", "b", "c"):
         assert fab(inventory, "deploy", "--bundle", str(synthetic_bundle(tmp_path / name, model=name))).returncode == 0
@@ -210,7 +211,7 @@ def _sshd_sessions(sshd_pid: int) -> list[int]:
     return kids
 
 
-def test_connection_dropped_mid_upload_leaves_current_and_the_next_deploy_recovers(sshd, inventory, board_dir, tmp_path):  # noqa: F811
+def test_connection_dropped_mid_upload_leaves_current_and_the_next_deploy_recovers(sshd, inventory, board_dir, tmp_path):
     small = synthetic_bundle(tmp_path / "small", model="small")
     assert fab(inventory, "deploy", "--bundle", str(small)).returncode == 0
     release = current_release(board_dir)
@@ -256,7 +257,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", str(mnt)], check=True)
 
 
-def test_bundle_larger_than_the_free_disk_is_refused_before_upload(sshd, tmp_path, small_disk):  # noqa: F811
+def test_bundle_larger_than_the_free_disk_is_refused_before_upload(sshd, tmp_path, small_disk):
     inventory = write_inventory(tmp_path / "inv.yml", sshd.board(small_disk / "board"))
     r = fab(inventory, "deploy", "--bundle", str(synthetic_bundle(tmp_path / "b", weights=b"\0" * (5 << 20))))
     assert r.returncode == 1
@@ -264,7 +265,7 @@ def test_bundle_larger_than_the_free_disk_is_refused_before_upload(sshd, tmp_pat
     assert not (small_disk / "board" / "current").exists()
 
 
-def test_disk_filling_up_during_upload_leaves_current_and_says_the_disk_is_full(sshd, tmp_path, small_disk):  # noqa: F811
+def test_disk_filling_up_during_upload_leaves_current_and_says_the_disk_is_full(sshd, tmp_path, small_disk):
     board = small_disk / "board"
     inventory = write_inventory(tmp_path / "inv.yml", sshd.board(board))
     assert fab(inventory, "deploy", "--bundle", str(synthetic_bundle(tmp_path / "a", model="a"))).returncode == 0

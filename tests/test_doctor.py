@@ -11,7 +11,7 @@ from pathlib import Path
 import onnxruntime
 import pytest
 
-from sshd import _free_port, fab, sshd, synthetic_bundle, write_inventory  # noqa: F401  (sshd is a fixture)
+from tests.support.sshd import fab, free_port, synthetic_bundle, write_inventory
 
 pytestmark = pytest.mark.ssh
 ASCEND_DATA = Path(__file__).resolve().parent / "data" / "ascend"  # recorded formats, see its SOURCES.md
@@ -28,7 +28,7 @@ def lines_of(stdout: str, board: str = "testboard") -> dict:
     return out
 
 
-def test_board_with_onnxruntime_is_ready_and_npu_cann_are_absent(sshd, tmp_path):  # noqa: F811
+def test_board_with_onnxruntime_is_ready_and_npu_cann_are_absent(sshd, tmp_path):
     inventory = write_inventory(tmp_path / "inv.yml", sshd.board(tmp_path / "b"))
     r = fab(inventory, "doctor")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -47,7 +47,7 @@ def test_board_with_onnxruntime_is_ready_and_npu_cann_are_absent(sshd, tmp_path)
     assert r.stdout.splitlines()[-1] == "testboard: ready to run bundles with backend onnxruntime"
 
 
-def test_board_whose_python_lacks_onnxruntime_fails_with_the_fix(sshd, tmp_path):  # noqa: F811
+def test_board_whose_python_lacks_onnxruntime_fails_with_the_fix(sshd, tmp_path):
     if subprocess.run([BASE_PYTHON, "-c", "import onnxruntime"], capture_output=True).returncode == 0:
         pytest.skip(f"{BASE_PYTHON} has onnxruntime: no interpreter without it to play the bare board")
     inventory = write_inventory(tmp_path / "inv.yml", sshd.board(tmp_path / "b", python=BASE_PYTHON))
@@ -59,7 +59,7 @@ def test_board_whose_python_lacks_onnxruntime_fails_with_the_fix(sshd, tmp_path)
     assert "onnxruntime" in r.stdout.splitlines()[-1] and "Traceback" not in r.stdout + r.stderr
 
 
-def test_acl_board_without_npu_or_cann_fails_those_checks_and_json_says_not_ready(sshd, tmp_path):  # noqa: F811
+def test_acl_board_without_npu_or_cann_fails_those_checks_and_json_says_not_ready(sshd, tmp_path):
     inventory = write_inventory(tmp_path / "inv.yml", sshd.board(tmp_path / "b", backend="acl", soc="Ascend310B4"))
     r = fab(inventory, "doctor", "--json")
     assert r.returncode == 1
@@ -71,8 +71,8 @@ def test_acl_board_without_npu_or_cann_fails_those_checks_and_json_says_not_read
     assert npu["fix"] == "install the Ascend NPU driver and firmware"
 
 
-def test_unreachable_board_is_a_failed_ssh_check(sshd, tmp_path):  # noqa: F811
-    port = _free_port()
+def test_unreachable_board_is_a_failed_ssh_check(sshd, tmp_path):
+    port = free_port()
     inventory = write_inventory(tmp_path / "inv.yml", sshd.board(tmp_path / "b", port=port))
     r = fab(inventory, "doctor")
     assert r.returncode == 1
@@ -82,7 +82,7 @@ def test_unreachable_board_is_a_failed_ssh_check(sshd, tmp_path):  # noqa: F811
         "testboard: NOT ready (failed: ssh) to run bundles with backend onnxruntime"]
 
 
-def test_memory_and_disk_are_compared_with_the_bundle(sshd, tmp_path):  # noqa: F811
+def test_memory_and_disk_are_compared_with_the_bundle(sshd, tmp_path):
     inventory = write_inventory(tmp_path / "inv.yml", sshd.board(tmp_path / "b"))
     bundle = synthetic_bundle(tmp_path / "bundle", weights=b"\0" * 300_000)
     r = fab(inventory, "doctor", "--bundle", str(bundle))
@@ -111,7 +111,7 @@ def fake_ascend(tmp_path):
     return make_fake_ascend(tmp_path / "Ascend", "npu-smi-23.0.rc3.txt", "version.cfg", "version.cfg")
 
 
-def test_cann_and_npu_are_found_through_the_environment_script_and_soc_mismatch_warns(sshd, tmp_path, fake_ascend):  # noqa: F811
+def test_cann_and_npu_are_found_through_the_environment_script_and_soc_mismatch_warns(sshd, tmp_path, fake_ascend):
     board = tmp_path / "b"
     inventory = write_inventory(tmp_path / "inv.yml", sshd.board(board, soc="Ascend310B1",
                                                                   cann_env=str(fake_ascend / "set_env.sh")))
@@ -138,7 +138,7 @@ def test_cann_and_npu_are_found_through_the_environment_script_and_soc_mismatch_
     assert r.returncode == 0, r.stdout
 
 
-def test_bundle_compiled_for_the_other_chip_fails_the_npu_check(sshd, tmp_path, fake_ascend):  # noqa: F811
+def test_bundle_compiled_for_the_other_chip_fails_the_npu_check(sshd, tmp_path, fake_ascend):
     bundle = synthetic_bundle(tmp_path / "bundle")
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["graph"]["om_soc"] = "Ascend310B1"  # compiled for a 20T, deployed to an 8T
@@ -151,7 +151,7 @@ def test_bundle_compiled_for_the_other_chip_fails_the_npu_check(sshd, tmp_path, 
         "-> fix: recompile: python -m host compile --bundle DIR --soc Ascend310B4")
 
 
-def test_newer_driver_and_an_om_from_a_newer_cann_than_the_board_has(sshd, tmp_path):  # noqa: F811
+def test_newer_driver_and_an_om_from_a_newer_cann_than_the_board_has(sshd, tmp_path):
     ascend_root = make_fake_ascend(tmp_path / "Ascend", "npu-smi-24.1.rc2.txt", "ascend_toolkit_install.info",
                                    "aarch64-linux/ascend_toolkit_install.info")
     bundle = synthetic_bundle(tmp_path / "bundle")

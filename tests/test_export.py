@@ -6,7 +6,7 @@ import onnx
 import pytest
 import torch
 
-from bundles import make_model
+from tests.support.bundles import make_model
 from host import export
 from host.calibrate import collect_input_absmax
 from host.export import export_onnx, graph_specs

@@ -11,7 +11,7 @@ import torch
 from host.errors import InputError
 from host.llama2c import Header, read_checkpoint, read_tokenizer, tensor_shapes
 from host.load import arch_numbers, load_model
-from tests.conftest import STORIES_BIN, STORIES_TOK, need
+from tests.support.paths import STORIES_BIN, STORIES_TOK, need
 
 README_STORY = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
 

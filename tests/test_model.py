@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bundles import make_model
+from tests.support.bundles import make_model
 from host.errors import InputError
 from host.model import EdgeLlama, arch_from_config
 

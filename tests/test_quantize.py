@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from bundles import make_model
+from tests.support.bundles import make_model
 from host.calibrate import collect_input_absmax, split_text
 from host.errors import InputError
 from host.model import FUSED_PROJECTIONS, PROJECTIONS, EdgeLlama

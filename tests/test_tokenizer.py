@@ -11,7 +11,7 @@ from tokenizers import Tokenizer
 from host.errors import InputError
 from host.load import load_model
 from host.tokenizer import check_vocab, detect_template, load_tokenizer, save_tokenizer
-from tests.conftest import LLAMA2_TOKENIZER, STORIES_TOK, TINYSTORIES_TEXT, WIKITEXT, need
+from tests.support.paths import LLAMA2_TOKENIZER, STORIES_TOK, TINYSTORIES_TEXT, WIKITEXT, need
 
 ZEPHYR_JINJA = (
     "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\\n' + message['content'] + eos_token }}"

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-FETCH_SMOLLM2 = ROOT.parent / "shared/models/fetch-smollm2.sh"
+from tests.support.paths import SHARED
+
+FETCH_SMOLLM2 = SHARED / "models/fetch-smollm2.sh"
 DEST = Path(os.environ.get("EDGE_LLM_MODELS", Path.home() / ".cache/edge-llm/models")) / "smollm2"
 
 

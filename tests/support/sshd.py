@@ -22,13 +22,13 @@ import yaml
 
 from board.manifest import (CHAT_TEMPLATES, Arch, Graph, Manifest, Quantization, TensorSpec, Tokens,
                             file_entries, write_manifest)
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SSHD = Path("/usr/sbin/sshd")
 FAB = Path(sys.executable).parent / "fab"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -73,7 +73,7 @@ def start_sshd(workdir: Path) -> SshServer:
     host_pub = _keygen(workdir / "host_ed25519")
     client_pub = _keygen(workdir / "client_ed25519")
     (workdir / "authorized_keys").write_text(client_pub + "\n")
-    port = _free_port()
+    port = free_port()
     known = workdir / "known_hosts"
     known.write_text(f"[127.0.0.1]:{port} {host_pub.split()[0]} {host_pub.split()[1]}\n")
     config = workdir / "sshd_config"
@@ -101,14 +101,6 @@ def start_sshd(workdir: Path) -> SshServer:
         proc.kill()
         raise RuntimeError("sshd did not answer within 15 s")
     return SshServer(workdir, port, getpass.getuser(), workdir / "client_ed25519", known, proc)
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    """One real sshd per test module."""
-    server = start_sshd(tmp_path_factory.mktemp("sshd"))
-    yield server
-    server.stop()
 
 
 def write_inventory(path: Path, *boards: dict) -> Path:

@@ -57,7 +57,7 @@ def make_tokenizer_bundle(vocab: int = 320, chat_template: str = "none") -> Toke
     tok = make_tokenizer(vocab)
     return TokenizerBundle(
         tokenizer=tok, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=EOS_ID, add_bos=True,
-        vocab_size=tok.get_vocab_size(), chat_template=chat_template, source="tests/bundles.py",
+        vocab_size=tok.get_vocab_size(), chat_template=chat_template, source="tests/support/bundles.py",
     )
 
 
@@ -98,7 +98,7 @@ def build_test_bundle(
     )
     model = make_model(vocab=vocab, layers=layers)
     tok = make_tokenizer_bundle(vocab, chat_template)
-    info = {"name": "tiny-random-llama", "source": "tests/bundles.py (random weights)"}
+    info = {"name": "tiny-random-llama", "source": "tests/support/bundles.py (random weights)"}
     return build_from_model(model, tok, sample_text(), config, info).path
 
 

@@ -1,0 +1,1 @@
+"""edge-llm's test suite; shared helpers live in tests.support."""
