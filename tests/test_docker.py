@@ -13,8 +13,8 @@ import pytest
 from board.ascend import find_plugin
 from host.ascend.opcheck import OPS_FILE
 from host.ascend.runners import DEFAULT_IMAGE
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
 PLUGIN = DOCKER / "plugin"
 DOCKERFILES = [DOCKER / "cann.Dockerfile", DOCKER / "host.Dockerfile"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import onnx
 import pytest
 from onnx import helper
 
