@@ -18,7 +18,7 @@ import torch
 from board.manifest import CHAT_TEMPLATES, load_manifest
 from host import build as build_module
 from host.__main__ import main
-from host.build import build
+from host.build import BuildConfig, build
 from host.errors import BuildError, InputError
 from tests.support.bundles import (
     build_test_bundle,
