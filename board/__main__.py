@@ -1,4 +1,4 @@
-"""`python -m board chat|generate|perplexity|bench|verify|info`: the board CLI. Argparse lives here only."""
+"""`python -m board chat|generate|perplexity|bench|serve|verify|info`: the board CLI. Argparse lives here only."""
 from __future__ import annotations
 
 import argparse
@@ -135,6 +135,18 @@ def _run_bench(args) -> int:
     return 0
 
 
+# --- serve -----------------------------------------------------------------------------------
+def _run_serve(args) -> int:
+    from board.serve import serve
+    from board.serve.config import ServeConfig, read_api_key
+
+    key = read_api_key(args.api_key_file) if args.api_key_file else args.api_key
+    return serve(ServeConfig(bundle=args.bundle, host=args.host, port=args.port, api_key=key, queue_size=args.queue_size,
+                             max_tokens=args.max_tokens, model_id=args.model_id, backend=args.backend,
+                             threads=args.threads, spin=not args.no_spin, device=args.device, sink=args.sink,
+                             verify=not args.no_verify))
+
+
 # --- verify / info ---------------------------------------------------------------------------
 def _run_verify(args) -> int:
     try:
@@ -218,6 +230,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="prefill runs (median reported)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_run_bench)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP API and web chat page (needs board/requirements-serve.txt)")
+    _add_bundle(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface; set a key)")
+    p.add_argument("--port", type=int, default=8080)
+    key = p.add_mutually_exclusive_group()
+    key.add_argument("--api-key", default=None, help="clients must send 'Authorization: Bearer KEY'")
+    key.add_argument("--api-key-file", type=Path, default=None, help="the key, read from the file's first line")
+    p.add_argument("--queue-size", type=int, default=8, help="requests that may wait for the engine (more: 429)")
+    p.add_argument("--max-tokens", type=int, default=256, help="answer length when a request does not say")
+    p.add_argument("--model-id", default=None, help="model name in /v1/models (default: the manifest's)")
+    p.set_defaults(func=_run_serve)
 
     p = sub.add_parser("verify", help="check the manifest and every file's sha256 (exit 0 ok, 1 bad)")
     _add_bundle(p, runtime=False)

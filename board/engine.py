@@ -49,6 +49,24 @@ class Engine:
         self.backend.clear_kv(self.cache.kv)
         self.fed = []
 
+    def reuse_prefix(self, ids) -> int:
+        """Keep the longest cached prefix of `ids` (rewinding past it) and return its length.
+
+        At least one id is left to feed, so the caller gets fresh logits. Nothing is reused once
+        tokens were evicted: attention over a window differs from attention over the whole prefix.
+        """
+        ids = [int(i) for i in ids]
+        if self.cache.used != len(self.fed):
+            self.reset()
+            return 0
+        n = 0
+        limit = min(len(self.fed), len(ids) - 1)
+        while n < limit and self.fed[n] == ids[n]:
+            n += 1
+        self.cache.truncate(n)
+        del self.fed[n:]
+        return n
+
     def feed(self, ids, all_logits: bool = False) -> np.ndarray:
         """Run ids through the model; logits of the last id [V], or of every id [n, V] when all_logits."""
         ids = [int(i) for i in ids]

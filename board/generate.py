@@ -57,8 +57,12 @@ def generate(
     cfg: GenerateConfig,
     rng: np.random.Generator,
     on_text=None,
+    cancelled=None,
 ) -> GenerationResult:
-    """Continue prompt_ids (fed into the engine's current cache) and return what was generated."""
+    """Continue prompt_ids (fed into the engine's current cache) and return what was generated.
+
+    `cancelled()` is asked before each new token; True ends the answer as "interrupted" (a server's
+    client went away)."""
     on_text = on_text or (lambda piece: None)
     decoder = StreamDecoder(tokenizer.decode, context_ids=engine.fed[-4:] + list(prompt_ids)[-4:])
     stop = StopFilter(cfg.stop_strings)
@@ -73,6 +77,9 @@ def generate(
         logits = engine.feed(prompt_ids)
         prefill_s = time.perf_counter() - t0
         for i in range(cfg.max_new_tokens):
+            if cancelled is not None and cancelled():
+                finish = "interrupted"
+                break
             token = sample(logits, cfg.sampling, rng, history=engine.fed)
             if token == eos:
                 finish = "eos"

@@ -84,6 +84,13 @@ class KVCache:
         self.slot_pos[slots] = np.arange(self.next_pos, self.next_pos + n)
         self.next_pos += n
 
+    def truncate(self, n: int) -> None:
+        """Forget every position >= n (their slots become free); the next token goes to position n."""
+        if not 0 <= n <= self.next_pos:
+            raise BoardError(f"cannot truncate the KV cache to {n} tokens: it holds positions 0..{self.next_pos - 1}")
+        self.slot_pos[self.slot_pos >= n] = EMPTY
+        self.next_pos = n
+
     def reset(self) -> None:
         # Stale values stay here; the backend zeroes device memory (Backend.clear_kv) where needed.
         self.slot_pos[:] = EMPTY

@@ -81,3 +81,12 @@ def fake_atc_env(tmp_path, monkeypatch):
     monkeypatch.delenv("ASCEND_CUSTOM_OPP_PATH", raising=False)
     monkeypatch.delenv("FAKE_ATC_FAIL", raising=False)
     return opp
+
+
+@pytest.fixture(scope="session")
+def slow_bundle(tmp_path_factory) -> Path:
+    """A random fp32 Llama that decodes at milliseconds per token (serve tests act mid-stream): 4 layers,
+    hidden 512, vocab 320, ChatML, KV 256, 4096 positions."""
+    from serve_support import build_slow_bundle
+
+    return build_slow_bundle(tmp_path_factory.mktemp("bundles") / "slow")

@@ -1,0 +1,248 @@
+"""`python -m board serve` as a real process, driven by the official `openai` client and plain HTTP."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import openai
+import pytest
+
+from serve_support import http, start_server
+
+GREEDY = {"temperature": 0}
+LILY = ", there was a little girl named Lily"  # stories260K greedy, 10 tokens after "Once upon a time"
+
+
+@pytest.fixture(scope="module")
+def stories(stories_bundle, tmp_path_factory):
+    server = start_server(stories_bundle, tmp_path_factory.mktemp("serve") / "server.log", "--threads", "1")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def guarded(slow_bundle, tmp_path_factory):
+    """The slow model behind an API key read from a file, with room for one waiting request."""
+    tmp = tmp_path_factory.mktemp("serve-guarded")
+    (tmp / "key").write_text("s3cret-key\n")
+    server = start_server(slow_bundle, tmp / "server.log", "--threads", "1", "--api-key-file", str(tmp / "key"),
+                          "--queue-size", "1", "--max-tokens", "2000", api_key="s3cret-key")
+    yield server
+    server.stop()
+
+
+def chat_text(client, content: str, **kw) -> str:
+    r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": content}], **kw)
+    return r.choices[0].message.content
+
+
+# --- models, health, completions ------------------------------------------------------------
+def test_models_lists_the_bundle_model_and_health_says_ok(stories):
+    models = stories.client().models.list()
+    assert [m.id for m in models.data] == ["stories260K"]
+    assert models.data[0].object == "model"
+    assert http(stories.url + "/health") == (200, {"status": "ok", "model": "stories260K"})
+
+
+def test_completion_continues_the_prompt_with_the_models_greedy_text(stories):
+    r = stories.client().completions.create(model="stories260K", prompt="Once upon a time", max_tokens=10, **GREEDY)
+    assert r.object == "text_completion" and r.id.startswith("cmpl-")
+    assert r.choices[0].text == LILY and r.choices[0].finish_reason == "length"
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (5, 10, 15)
+
+
+def test_stop_string_ends_the_answer_before_it_and_says_stop(stories):
+    r = stories.client().completions.create(model="m", prompt="Once upon a time", max_tokens=30, stop=["Lily", "zzz"], **GREEDY)
+    assert r.choices[0].text == ", there was a little girl named "
+    assert r.choices[0].finish_reason == "stop"
+
+
+def test_streamed_chat_equals_plain_chat_with_one_id_role_first_and_a_final_finish_reason(stories):
+    client = stories.client()
+    plain = chat_text(client, "Once upon a time", max_tokens=40, **GREEDY)
+    chunks = list(client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Once upon a time"}],
+                                                 max_tokens=40, stream=True, **GREEDY))
+    assert plain.startswith(LILY) and len(plain) > len(LILY) + 20
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == plain
+    assert {c.id for c in chunks} == {chunks[0].id} and chunks[0].id.startswith("chatcmpl-")
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks] == [None] * (len(chunks) - 1) + ["length"]
+
+
+def test_include_usage_adds_a_last_chunk_with_usage_and_no_choices(stories):
+    stream = stories.client().completions.create(model="m", prompt="Once upon a time", max_tokens=10, stream=True,
+                                                 stream_options={"include_usage": True}, **GREEDY)
+    chunks = list(stream)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == LILY
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 10
+    assert chunks[-1].usage.prompt_tokens == 5
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_seeded_sampling_repeats_and_temperature_changes_the_text(stories):
+    client = stories.client()
+    kw = dict(max_tokens=30, temperature=1.0, top_p=0.9, seed=7)
+    first, again = chat_text(client, "Once upon a time", **kw), chat_text(client, "Once upon a time", **kw)
+    assert first == again and first != chat_text(client, "Once upon a time", max_tokens=30, **GREEDY)
+
+
+# --- errors ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("body, param, words", [
+    ({"messages": [{"role": "user"}]}, "messages[0].content", "must be a string"),
+    ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role", "is not one of"),
+    ({"messages": []}, "messages", "non-empty list"),
+    ({"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, "temperature", "must be"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, "max_tokens", ">= 1"),
+    ({"messages": [{"role": "user", "content": "hi"}], "frequency_penalty": 0.5}, "frequency_penalty", "not supported"),
+    ({"messages": [{"role": "user", "content": "a " * 200}]}, "messages", "context is 128 tokens"),
+    ({"messages": [{"role": "assistant", "content": "hi"}]}, "messages[0].role", "user message was expected"),
+])
+def test_malformed_chat_request_is_a_400_in_openais_shape(stories, body, param, words):
+    with pytest.raises(openai.BadRequestError) as e:
+        stories.client().chat.completions.create(model="m", **body)
+    error = e.value.body
+    assert e.value.status_code == 400 and error["type"] == "invalid_request_error"
+    assert error["param"] == param and words in error["message"]
+
+
+def test_body_that_is_not_json_is_a_400_and_unknown_route_a_404(stories):
+    status, body = http(stories.url + "/v1/chat/completions", data=b"{not json", headers={"Content-Type": "application/json"})
+    assert status == 400 and body["error"]["code"] == "invalid_json"
+    status, body = http(stories.url + "/v1/engines")
+    assert status == 404 and body["error"]["code"] == "not_found" and "/v1/engines" in body["error"]["message"]
+
+
+def test_api_key_is_required_when_set_and_the_right_one_works(guarded):
+    with pytest.raises(openai.AuthenticationError) as e:
+        guarded.client(api_key="wrong").models.list()
+    assert e.value.status_code == 401 and e.value.body["code"] == "invalid_api_key"
+    status, _ = http(guarded.url + "/v1/models")  # no Authorization header at all
+    assert status == 401
+    assert [m.id for m in guarded.client().models.list().data] == ["slow-random-llama"]
+    assert http(guarded.url + "/health")[0] == 200  # health and the page stay open for probes
+
+
+# --- one engine, many clients ----------------------------------------------------------------
+def _stream_a_little(server, n: int):
+    """Open a long streamed answer, read n content chunks, return the still-open stream."""
+    stream = server.client().chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "go on"}], max_tokens=2000, stream=True, **GREEDY)
+    got = 0
+    for chunk in stream:
+        got += bool(chunk.choices and chunk.choices[0].delta.content)
+        if got >= n:
+            return stream
+    raise AssertionError("the answer ended before the test could act on it")
+
+
+def _wait_idle(server, timeout: float = 10) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = server.metrics()
+        if m["edge_llm_requests_running"] == 0 and m["edge_llm_queue_depth"] == 0:
+            return m
+        time.sleep(0.05)
+    raise AssertionError(f"engine still busy after {timeout} s: {m}")
+
+
+def test_client_that_disconnects_mid_stream_frees_the_engine_at_once(guarded):
+    before = _wait_idle(guarded)["edge_llm_completion_tokens_total"]
+    stream = _stream_a_little(guarded, 3)
+    stream.close()  # the HTTP connection goes away mid-answer
+    after = _wait_idle(guarded, timeout=5)
+    generated = after["edge_llm_completion_tokens_total"] - before
+    assert 3 <= generated < 200, f"{generated} tokens generated of 2000 asked: the engine kept going"
+    assert chat_text(guarded.client(), "hi", max_tokens=3)  # and it answers the next client
+
+
+def test_full_queue_answers_429_and_the_waiting_request_is_still_served(guarded):
+    _wait_idle(guarded)
+    running = _stream_a_little(guarded, 1)  # holds the engine
+    waiting = {}
+    t = threading.Thread(target=lambda: waiting.setdefault("text", chat_text(guarded.client(), "hi", max_tokens=3)))
+    t.start()
+    deadline = time.monotonic() + 10
+    while guarded.metrics()["edge_llm_queue_depth"] < 1:
+        assert time.monotonic() < deadline, "the second request never queued"
+        time.sleep(0.02)
+    with pytest.raises(openai.RateLimitError) as e:
+        chat_text(guarded.client(), "hi", max_tokens=3)
+    assert e.value.status_code == 429 and e.value.body["code"] == "queue_full"
+    running.close()
+    t.join(timeout=30)
+    assert waiting.get("text"), "the queued request was not answered"
+
+
+def test_three_concurrent_clients_are_all_answered_in_turn(stories):
+    expected = chat_text(stories.client(), "Once upon a time", max_tokens=30, **GREEDY)
+    before = _wait_idle(stories)
+    answers, errors = [None] * 3, []
+
+    def ask(i):
+        try:
+            answers[i] = chat_text(stories.client(), "Once upon a time", max_tokens=30, **GREEDY)
+        except Exception as e:  # noqa: BLE001  (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors and answers == [expected] * 3
+    after = _wait_idle(stories)
+    assert after["edge_llm_queue_wait_seconds_count"] - before["edge_llm_queue_wait_seconds_count"] == 3
+    assert after['edge_llm_requests_total{endpoint="/v1/chat/completions",status="200"}'] - \
+        before['edge_llm_requests_total{endpoint="/v1/chat/completions",status="200"}'] == 3
+    assert after["edge_llm_completion_tokens_total"] - before["edge_llm_completion_tokens_total"] == 90
+
+
+def test_follow_up_turn_reuses_the_cached_prompt_and_answers_as_a_fresh_prefill_would(stories):
+    client = stories.client()
+    first = [{"role": "user", "content": "Once upon a time"}]
+    answer = chat_text(client, "Once upon a time", max_tokens=12, **GREEDY)
+    follow = first + [{"role": "assistant", "content": answer}, {"role": "user", "content": " The dog said"}]
+    before = stories.metrics()["edge_llm_prompt_cached_tokens_total"]
+    warm = client.chat.completions.create(model="m", messages=follow, max_tokens=12, **GREEDY)
+    cached = warm.usage.prompt_tokens_details.cached_tokens
+    assert cached >= 15 and cached < warm.usage.prompt_tokens
+    assert stories.metrics()["edge_llm_prompt_cached_tokens_total"] - before == cached
+    chat_text(client, "Zebras", max_tokens=2, **GREEDY)  # another conversation takes the cache
+    cold = client.chat.completions.create(model="m", messages=follow, max_tokens=12, **GREEDY)
+    assert cold.usage.prompt_tokens_details.cached_tokens <= 1  # BOS at most
+    assert cold.choices[0].message.content == warm.choices[0].message.content
+
+
+def test_metrics_are_prometheus_text_with_every_promised_family(stories):
+    status, text = http(stories.url + "/metrics")
+    assert status == 200
+    for family, kind in [("requests_total", "counter"), ("prompt_tokens_total", "counter"),
+                         ("completion_tokens_total", "counter"), ("time_to_first_token_seconds", "histogram"),
+                         ("decode_tokens_per_second", "gauge"), ("queue_depth", "gauge"),
+                         ("kv_cache_occupancy_ratio", "gauge"), ("process_resident_memory_bytes", "gauge")]:
+        assert f"# TYPE edge_llm_{family} {kind}" in text
+    m = stories.metrics()
+    assert m["edge_llm_kv_cache_slots"] == 128 and 0 < m["edge_llm_kv_cache_used_slots"] <= 128
+    assert m["edge_llm_process_resident_memory_bytes"] > 10 * 2**20
+    assert m['edge_llm_time_to_first_token_seconds_bucket{le="+Inf"}'] == m["edge_llm_time_to_first_token_seconds_count"] > 0
+
+
+def test_health_is_503_with_the_reason_while_the_model_cannot_load(stories_bundle, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(stories_bundle, broken)
+    (broken / "model.onnx").write_bytes(b"not a model")
+    server = start_server(broken, tmp_path / "server.log", ready=False)
+    try:
+        status, body = http(server.url + "/health")
+        while body.get("status") == "loading":
+            time.sleep(0.1)
+            status, body = http(server.url + "/health")
+        assert status == 503 and body["status"] == "error" and "model.onnx" in body["error"]
+        status, body = http(server.url + "/v1/completions", data=json.dumps({"prompt": "hi"}).encode())
+        assert status == 503 and body["error"]["code"] == "model_not_loaded"
+    finally:
+        server.stop()
