@@ -22,11 +22,11 @@ PROMPT    ?= Once upon a time
 BOARD_OPT  = $(if $(BOARD),--board $(BOARD),)
 SMOOTH_OPT = $(if $(SMOOTH),--smooth $(SMOOTH),)
 
-.PHONY: setup test test-slow build om deploy chat generate bench status rollback doctor board-setup docker-build lint demo clean
+.PHONY: serve setup test test-slow build om deploy chat generate bench status rollback doctor board-setup docker-build lint demo clean
 
 $(VENV)/.stamp: pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(VPY) -m pip install -q $(if $(WHEELHOUSE),--no-index --find-links $(WHEELHOUSE),) -e '.[host,board,deploy,dev]'
+	$(VPY) -m pip install -q $(if $(WHEELHOUSE),--no-index --find-links $(WHEELHOUSE),) -e '.[host,board,serve,deploy,dev]'
 	touch $@
 
 setup: $(VENV)/.stamp
@@ -69,6 +69,11 @@ doctor: setup
 
 board-setup: setup
 	$(VENV)/bin/fab setup $(BOARD_OPT) $(if $(WHEELS),--wheels $(WHEELS),)
+
+# the OpenAI-compatible server + chat page on this machine, from the local bundle (PORT=8080)
+PORT ?= 8080
+serve: setup
+	$(VPY) -m board serve --bundle $(BUNDLE) --port $(PORT)
 
 clean:
 	rm -rf $(VENV) bundles .pytest_cache

@@ -3,6 +3,8 @@
     fab deploy --bundle bundles/model [--board NAME]   upload, verify on the board, switch `current`
     fab chat | generate --prompt TEXT | bench | status | rollback   [--board NAME]
     fab setup [--wheels DIR] [--with-plugin] | doctor [--bundle DIR] [--json]   prepare / check boards
+    fab service install|start|stop|restart|status|logs [--port P] [--api-key-file F]   the OpenAI server
+    fab serve [--board NAME] [--port P] [--local-port L]   the server in the foreground, port forwarded here
 
 Each task acts on every board, or the one named; the work lives in the deploy/ package.
 """
@@ -19,6 +21,7 @@ from deploy.errors import DeployError
 from deploy import board_cli, boardsetup, fleet, release
 from deploy import doctor as checkup
 from deploy.payload import collect
+from deploy import service as board_service
 from deploy.progress import Progress
 from deploy.status import board_status, status_line
 from deploy.text import shown
@@ -51,7 +54,11 @@ def deploy(c, bundle, board=None, no_reuse=False):
     payload = _bundle(bundle, "refusing to deploy")
 
     def one(remote):
-        print(release.deploy(remote, payload, Progress(remote.board.name), reuse=not no_reuse).line(remote.board.name))
+        report = release.deploy(remote, payload, Progress(remote.board.name), reuse=not no_reuse)
+        print(report.line(remote.board.name), flush=True)
+        restarted = board_service.after_deploy(remote, report.release_id, report.previous)  # None: no service
+        if restarted:
+            print(restarted)
 
     fleet.on_each(chosen, one, "deploy")
 
@@ -132,3 +139,35 @@ def setup(c, board=None, wheels=None, with_plugin=False, system_site_packages=Fa
         print("\n".join(boardsetup.setup_lines(remote.board.name, steps)))
 
     fleet.on_each(fleet.boards(board), one, "setup")
+
+
+SERVICE_ACTIONS = ("install", "start", "stop", "restart", "status", "logs")
+
+
+@task(help={"action": "|".join(SERVICE_ACTIONS), "port": "port the server listens on (install; default 8080)",
+            "host": "address to listen on (install; 0.0.0.0 for the network: give a key)",
+            "api_key_file": "local file holding the API key clients must send (install)",
+            "board": "only this board", "lines": "log lines to show (logs)"})
+def service(c, action, port=8080, host="127.0.0.1", api_key_file=None, board=None, lines=50):
+    """Run `python -m board serve` as a systemd service (fallback: a background process) on each board."""
+    if action not in SERVICE_ACTIONS:
+        raise Exit(f"service: unknown action {action!r}; use one of {', '.join(SERVICE_ACTIONS)}", code=2)
+    key = Path(api_key_file) if api_key_file else None
+    if key and not key.is_file():
+        raise Exit(f"service: --api-key-file {key} does not exist; write the key into a file first", code=2)
+    opts = board_service.ServiceOptions(port=int(port), host=host)
+    do = {"install": lambda r: "\n".join(board_service.install(r, opts, key)),
+          "status": board_service.status, "logs": lambda r: board_service.logs(r, int(lines))}
+    act = do.get(action, lambda r: board_service.control(r, action))
+    fleet.on_each(fleet.boards(board), lambda remote: print(act(remote)), f"service {action}")
+
+
+@task(help={"board": "the board (needed when the inventory has several)", "port": "port on the board",
+            "local_port": "port on this machine (default: the same)"})
+def serve(c, board=None, port=8080, local_port=None):
+    """Run the board's server in the foreground and forward its port here (Ctrl-C stops)."""
+    results = fleet.on_each([fleet.one_board(board, "serve")],
+                            lambda remote: board_service.foreground(remote, int(port), int(local_port or port)), "serve")
+    code = next(iter(results.values()))
+    if code not in (0, 130):  # 130: stopped with Ctrl-C
+        raise Exit(code=code)

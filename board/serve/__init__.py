@@ -10,7 +10,7 @@ import sys
 from board.errors import BoardError
 from board.serve.config import ServeConfig
 
-EXTRA_HINT = "pip install -r board/requirements-serve.txt (or the project's [serve] extra; `fab setup --serve` on a board)"
+EXTRA_HINT = "pip install -r board/requirements-serve.txt (or the project's [serve] extra; on a board `fab service install` does it)"
 
 
 def serve(config: ServeConfig) -> int:
