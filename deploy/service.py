@@ -61,11 +61,15 @@ def serve_argv(root: str, opts: ServiceOptions) -> list[str]:
     return argv + (["--api-key-file", f"{root}/api-key"] if opts.api_key else [])
 
 
-def unit_text(remote: Remote, opts: ServiceOptions) -> str:
-    """The systemd unit for this board: dedicated user in HwHiAiUser on Ascend (acl) boards, else the SSH user."""
+def service_user(remote: Remote) -> str:
+    """The dedicated user on Ascend (acl) boards, else the SSH user."""
+    return SERVICE_USER if remote.board.backend == "acl" else remote.board.user
+
+
+def unit_text(remote: Remote, opts: ServiceOptions, python: str) -> str:
+    """The systemd unit for this board, running `python` (the setup venv's, or the board's own)."""
     root, ascend = remote.root, remote.board.backend == "acl"
-    user = SERVICE_USER if ascend else remote.board.user
-    python = f"{root}/venv/bin/python"
+    user = service_user(remote)
     lines = [
         "# Written by `fab service install` (deploy/service.py); `fab deploy` restarts it.",
         "[Unit]", f"Description=edge-llm OpenAI-compatible server ({remote.board.name})",
@@ -123,6 +127,8 @@ def _service_env(remote: Remote) -> str:
 
 def _write_secret(remote: Remote, path: str, text: str) -> None:
     """A file only its owner can read, from its first byte on."""
+    if remote.run(["test", "-e", path], env=False).exited == 0:
+        remote.sftp.remove(path)  # it may belong to the service user now
     with remote.sftp.open(path, "w") as f:
         f.chmod(0o600)
         f.write(text)
@@ -151,7 +157,9 @@ def install(remote: Remote, opts: ServiceOptions, key_file: Path | None) -> list
         _write_secret(remote, remote.path("api-key"), key_file.read_text().strip() + "\n")
     systemd = has_systemd(remote)
     opts = ServiceOptions(opts.port, opts.host, bool(key_file), "systemd" if systemd else "background")
-    unit = unit_text(remote, opts)
+    venv = remote.path("venv", "bin", "python")
+    python = venv if remote.run(["test", "-x", venv], env=False).exited == 0 else remote.board.python
+    unit = unit_text(remote, opts, python)
     for fname, text in ((UNIT, unit), ("service.env", _service_env(remote)), ("service.json", json.dumps(asdict(opts)) + "\n")):
         remote.onboard("write_text", path=remote.path(fname), text=text)  # the unit stays beside the releases either way
     if not systemd:
@@ -163,6 +171,10 @@ def install(remote: Remote, opts: ServiceOptions, key_file: Path | None) -> list
                         f"--shell /usr/sbin/nologin --groups {ASCEND_GROUP} {SERVICE_USER}", sudo=True)
         if r.exited != 0:
             raise _fail(remote, f"creating the service user {SERVICE_USER}", r)
+        if key_file:  # only the service reads the key
+            r = _sh(remote, f"chown {SERVICE_USER} {q(remote.path('api-key'))}", sudo=True)
+            if r.exited != 0:
+                raise _fail(remote, f"handing the key file to {SERVICE_USER}", r)
     r = _sh(remote, f"install -m 644 {q(remote.path(UNIT))} {UNIT_PATH} && systemctl daemon-reload "
                     f"&& systemctl enable {UNIT}", sudo=True)
     if r.exited != 0:

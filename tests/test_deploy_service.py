@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 
 import pytest
 
@@ -39,8 +40,9 @@ def test_install_on_an_ascend_board_writes_a_unit_with_a_dedicated_user_and_the_
     unit = (root / "edge-llm.service").read_text()
     for line in ("User=edge-llm", "SupplementaryGroups=HwHiAiUser", f"WorkingDirectory={root}/current",
                  f"EnvironmentFile=-{root}/service.env", "Restart=on-failure", "WantedBy=multi-user.target",
-                 f"ExecStart={root}/venv/bin/python -m board serve --bundle {root}/current --host 0.0.0.0 --port 8099"):
+                 f"ExecStart={sys.executable} -m board serve --bundle {root}/current --host 0.0.0.0 --port 8099"):
         assert line in unit.splitlines(), f"{line!r} not in the unit:\n{unit}"
+    assert not (root / "venv").exists()  # no setup venv on this board: the unit runs the board's python
     assert (root / "service.env").read_text().startswith("# What env.sh sets (CANN)")
 
 
