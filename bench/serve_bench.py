@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tests.support.serve starts the server
 NAMES = "Lily Tom Sue Max Ben Mia Sam Zoe Tim Amy Leo Eva Dan Ivy Jack Nora".split()
 
 
@@ -77,7 +77,7 @@ def main() -> int:
     args = p.parse_args()
     server = None
     if args.bundle:
-        from serve_support import start_server
+        from tests.support.serve import start_server
 
         log = Path("/tmp/serve_bench.log")
         server = start_server(args.bundle, log, *(["--threads", str(args.threads)] if args.threads else []),

@@ -87,6 +87,6 @@ def fake_atc_env(tmp_path, monkeypatch):
 def slow_bundle(tmp_path_factory) -> Path:
     """A random fp32 Llama that decodes at milliseconds per token (serve tests act mid-stream): 4 layers,
     hidden 512, vocab 320, ChatML, KV 256, 4096 positions."""
-    from serve_support import build_slow_bundle
+    from tests.support.serve import build_slow_bundle
 
     return build_slow_bundle(tmp_path_factory.mktemp("bundles") / "slow")

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from serve_support import free_port, http
+from tests.support.serve import free_port, http
 from sshd import fab, sshd, synthetic_bundle, write_inventory  # noqa: F401  (sshd is a fixture)
 from test_deploy_release import current_release
 

@@ -8,7 +8,7 @@ import time
 import openai
 import pytest
 
-from serve_support import http, start_server
+from tests.support.serve import http, start_server
 
 GREEDY = {"temperature": 0}
 LILY = ", there was a little girl named Lily"  # stories260K greedy, 10 tokens after "Once upon a time"

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from serve_support import start_server
+from tests.support.serve import start_server
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="chromium and chromedriver are absent: "

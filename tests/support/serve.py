@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -107,5 +107,5 @@ def build_slow_bundle(out: Path) -> Path:
                          calib_seq_len=16, eval_tokens=32, prefill_chunks=[1, 16], chat_template="chatml")
     model = make_model(vocab=320, layers=4, hidden=512, heads=8, kv_heads=4, intermediate=1536,
                        max_position_embeddings=4096)
-    info = {"name": "slow-random-llama", "source": "tests/serve_support.py (random weights)"}
+    info = {"name": "slow-random-llama", "source": "tests/support/serve.py (random weights)"}
     return build_from_model(model, make_tokenizer_bundle(320, "chatml"), sample_text(), config, info).path
