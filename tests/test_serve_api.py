@@ -114,6 +114,21 @@ def test_body_that_is_not_json_is_a_400_and_unknown_route_a_404(stories):
     assert status == 404 and body["error"]["code"] == "not_found" and "/v1/engines" in body["error"]["message"]
 
 
+@pytest.mark.parametrize("args, words", [
+    (["--bundle", "/nonexistent/bundle"], "/nonexistent/bundle: not a directory"),
+    (["--api-key-file", "/nonexistent/key"], "--api-key-file /nonexistent/key: cannot read it"),
+    (["--queue-size", "0"], "--queue-size 0 must be >= 1"),
+])
+def test_bad_serve_options_are_one_line_and_exit_2(stories_bundle, args, words):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "board", "serve", "--bundle", str(stories_bundle), *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and words in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
 def test_api_key_is_required_when_set_and_the_right_one_works(guarded):
     with pytest.raises(openai.AuthenticationError) as e:
         guarded.client(api_key="wrong").models.list()

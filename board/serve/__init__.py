@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 
+from board.bundle import open_bundle
 from board.errors import BoardError
 from board.serve.config import ServeConfig
 
@@ -21,6 +22,7 @@ def serve(config: ServeConfig) -> int:
         from board.serve.app import Api
     except ImportError as e:
         raise BoardError(f"serving needs {e.name or 'starlette and uvicorn'}, which is not installed: {EXTRA_HINT}") from None
+    open_bundle(config.bundle, verify=False)  # a wrong --bundle is one line now; loading and checksums follow in the background
     if config.exposed_without_key:
         print(f"warning: listening on {config.host} without --api-key: anyone who can reach this port can use the "
               "model; pass --api-key-file FILE", file=sys.stderr, flush=True)
