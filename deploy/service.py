@@ -16,7 +16,8 @@ from pathlib import Path
 
 from deploy.errors import DeployError
 from deploy.release import rollback
-from deploy.remote import Remote, q
+from deploy.remote import Remote
+from deploy.shell import q
 
 UNIT = "edge-llm.service"
 UNIT_PATH = f"/etc/systemd/system/{UNIT}"
@@ -26,8 +27,14 @@ HEALTH_TIMEOUT = 120  # seconds a (re)started server gets to load its model
 
 # Run on the board with its python: poll /health until 200 or the deadline; print the last answer.
 HEALTH_PY = """
-import sys, time, urllib.request, urllib.error
-url, deadline, last = sys.argv[1], time.monotonic() + float(sys.argv[2]), "no answer"
+import os, sys, time, urllib.request, urllib.error
+url, deadline, pid_file, last = sys.argv[1], time.monotonic() + float(sys.argv[2]), sys.argv[3], "no answer"
+def exited():
+    try:
+        os.kill(int(open(pid_file).read()), 0)
+        return False
+    except (OSError, ValueError):
+        return True
 while time.monotonic() < deadline:
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
@@ -38,6 +45,9 @@ while time.monotonic() < deadline:
             break  # the model failed to load: waiting longer changes nothing
     except OSError as e:
         last = f"no answer ({e})"
+    if pid_file and exited():
+        last = "the server exited"
+        break
     time.sleep(0.5)
 print(last); sys.exit(1)
 """
@@ -57,7 +67,7 @@ class ServiceOptions:
 
 def serve_argv(root: str, opts: ServiceOptions) -> list[str]:
     """`python -m board serve` arguments for the current release."""
-    argv = ["-m", "board", "serve", "--bundle", f"{root}/current", "--host", opts.host, "--port", str(opts.port)]
+    argv = ["-B", "-m", "board", "serve", "--bundle", f"{root}/current", "--host", opts.host, "--port", str(opts.port)]
     return argv + (["--api-key-file", f"{root}/api-key"] if opts.api_key else [])
 
 
@@ -100,6 +110,11 @@ def _fail(remote: Remote, what: str, r) -> DeployError:
     return DeployError(remote.board.name, f"{what} failed: {why}{hint}")
 
 
+def _need_release(remote: Remote) -> None:
+    if remote.run(["test", "-d", remote.path("current", "board")], env=False).exited != 0:
+        raise DeployError(remote.board.name, f"no release deployed under {remote.root}", "run `fab deploy --bundle DIR` first")
+
+
 def has_systemd(remote: Remote) -> bool:
     return remote.run(["test", "-d", "/run/systemd/system"], env=False).exited == 0
 
@@ -113,7 +128,7 @@ def load_options(remote: Remote) -> ServiceOptions | None:
 def _need_options(remote: Remote) -> ServiceOptions:
     opts = load_options(remote)
     if opts is None:
-        raise DeployError(remote.board.name, "no service installed; run `fab service install` first")
+        raise DeployError(remote.board.name, "no service installed", "run `fab service install` first")
     return opts
 
 
@@ -150,8 +165,7 @@ def _ensure_deps(remote: Remote) -> str:
 def install(remote: Remote, opts: ServiceOptions, key_file: Path | None) -> list[str]:
     """Write the unit (or prepare the fallback runner), the env file and the key; lines to print."""
     name = remote.board.name
-    if remote.run(["test", "-d", remote.path("current", "board")], env=False).exited != 0:
-        raise DeployError(name, f"no release deployed under {remote.root}; run `fab deploy --bundle DIR` first")
+    _need_release(remote)
     lines = [f"{name}: {_ensure_deps(remote)}"]
     if key_file:
         _write_secret(remote, remote.path("api-key"), key_file.read_text().strip() + "\n")
@@ -213,7 +227,8 @@ def control(remote: Remote, action: str) -> str:
 
 def health(remote: Remote, opts: ServiceOptions, timeout: float) -> tuple[bool, str]:
     """Whether /health answers 200 within timeout seconds, and its last answer."""
-    r = remote.python(["-c", HEALTH_PY, opts.health_url, str(timeout)], env=False)
+    pid_file = _pid_file(remote) if opts.runner == "background" else ""  # systemd restarts a dead one itself
+    r = remote.python(["-c", HEALTH_PY, opts.health_url, str(timeout), pid_file], env=False)
     return r.exited == 0, (r.stdout.strip().splitlines() or ["no answer"])[-1]
 
 
@@ -261,10 +276,10 @@ def after_deploy(remote: Remote, release_id: str, previous: str | None, timeout:
 
 def foreground(remote: Remote, port: int, local_port: int) -> int:
     """`fab serve`: the server in the foreground on the board (Ctrl-C stops it), its port forwarded here."""
-    if remote.run(["test", "-d", remote.path("current", "board")], env=False).exited != 0:
-        raise DeployError(remote.board.name, f"no release deployed under {remote.root}; run `fab deploy --bundle DIR` first")
+    _need_release(remote)
     _ensure_deps(remote)
     print(f"{remote.board.name}: serving on the board's 127.0.0.1:{port}, here at http://127.0.0.1:{local_port}/ "
           "(Ctrl-C stops)", flush=True)
     with remote.conn.forward_local(local_port, remote_port=port):
-        return remote.board_cli(["serve", "--bundle", remote.path("current"), "--port", str(port)], pty=True, hide=False).exited
+        current = remote.path("current")
+        return remote.board_cli(["serve", "--bundle", current, "--port", str(port)], release=current, pty=True, hide=False).exited

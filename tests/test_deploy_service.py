@@ -32,15 +32,16 @@ def board(sshd, tmp_path):  # noqa: F811
 
 def test_install_on_an_ascend_board_writes_a_unit_with_a_dedicated_user_and_the_cann_env(sshd, tmp_path, tiny_bundle):  # noqa: F811
     root = tmp_path / "board"
+    plain = write_inventory(tmp_path / "plain.yml", sshd.board(root))  # deploy checks that pyACL imports on acl boards
+    assert fab(plain, "deploy", "--bundle", str(tiny_bundle)).returncode == 0
     inventory = write_inventory(tmp_path / "inventory.yml", sshd.board(root, backend="acl"))
-    assert fab(inventory, "deploy", "--bundle", str(tiny_bundle)).returncode == 0
     r = fab(inventory, "service", "install", "--port", "8099", "--host", "0.0.0.0")
     assert r.returncode == 0, r.stderr
     assert "no systemd on this board" in r.stdout and "fallback runner" in r.stdout
     unit = (root / "edge-llm.service").read_text()
     for line in ("User=edge-llm", "SupplementaryGroups=HwHiAiUser", f"WorkingDirectory={root}/current",
                  f"EnvironmentFile=-{root}/service.env", "Restart=on-failure", "WantedBy=multi-user.target",
-                 f"ExecStart={sys.executable} -m board serve --bundle {root}/current --host 0.0.0.0 --port 8099"):
+                 f"ExecStart={sys.executable} -B -m board serve --bundle {root}/current --host 0.0.0.0 --port 8099"):
         assert line in unit.splitlines(), f"{line!r} not in the unit:\n{unit}"
     assert not (root / "venv").exists()  # no setup venv on this board: the unit runs the board's python
     assert (root / "service.env").read_text().startswith("# What env.sh sets (CANN)")
