@@ -11,13 +11,14 @@ new one does not come up.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from deploy.errors import DeployError
 from deploy.release import rollback
 from deploy.remote import Remote
-from deploy.shell import q
+from deploy.shell import quote as q
 
 UNIT = "edge-llm.service"
 UNIT_PATH = f"/etc/systemd/system/{UNIT}"
@@ -275,11 +276,25 @@ def after_deploy(remote: Remote, release_id: str, previous: str | None, timeout:
 
 
 def foreground(remote: Remote, port: int, local_port: int) -> int:
-    """`fab serve`: the server in the foreground on the board (Ctrl-C stops it), its port forwarded here."""
+    """`fab serve`: the server in the foreground on the board (Ctrl-C stops it), its port forwarded here.
+
+    The forward opens once /health answers: Fabric's tunnel thread dies on a refused connection."""
     _need_release(remote)
     _ensure_deps(remote)
-    print(f"{remote.board.name}: serving on the board's 127.0.0.1:{port}, here at http://127.0.0.1:{local_port}/ "
-          "(Ctrl-C stops)", flush=True)
+    current = remote.path("current")
+    argv = ["-B", "-m", "board", "serve", "--bundle", current, "--port", str(port)]
+    running = remote.conn.run(remote.command(argv, python=True, cwd=current), pty=True, warn=True, asynchronous=True)
+    opts, deadline = ServiceOptions(port=port, runner="foreground"), time.monotonic() + HEALTH_TIMEOUT
+    ok, answer = health(remote, opts, 2)
+    while not ok:
+        if running.runner.process_is_finished or time.monotonic() > deadline:
+            running.join()
+            raise DeployError(remote.board.name, f"the server did not come up ({answer})", "see its output above")
+        ok, answer = health(remote, opts, 2)
     with remote.conn.forward_local(local_port, remote_port=port):
-        current = remote.path("current")
-        return remote.board_cli(["serve", "--bundle", current, "--port", str(port)], release=current, pty=True, hide=False).exited
+        print(f"{remote.board.name}: the board's 127.0.0.1:{port} is here at http://127.0.0.1:{local_port}/ "
+              "(Ctrl-C stops)", flush=True)
+        try:
+            return running.join().exited
+        except KeyboardInterrupt:  # closing the connection hangs up the pty: the server ends with it
+            return 130

@@ -90,3 +90,48 @@ def test_deploy_restarts_the_service_and_switches_back_from_an_unhealthy_release
     assert current_release(root).name == good
     status, body = http(f"http://127.0.0.1:{port}/v1/models")
     assert status == 200 and body["data"][0]["quantization"] == "w8a8"
+
+
+def test_fab_serve_runs_the_server_in_the_foreground_and_forwards_its_port(board, tiny_bundle):
+    import signal
+    import subprocess
+    import time
+
+    from sshd import FAB, ROOT
+
+    inventory, root, port = board
+    assert fab(inventory, "deploy", "--bundle", str(tiny_bundle)).returncode == 0
+    local = free_port()
+    env = {**os.environ, "EDGE_LLM_INVENTORY": str(inventory)}
+    proc = subprocess.Popen([str(FAB), "serve", "--port", str(port), "--local-port", str(local)], cwd=ROOT, env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, answer = time.monotonic() + 60, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                answer = http(f"http://127.0.0.1:{local}/health")
+                if answer[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.3)
+        if answer is None or answer[0] != 200:
+            proc.kill()
+            raise AssertionError(f"no health through the forwarded port: {proc.communicate()[0]}")
+        assert answer == (200, {"status": "ok", "model": "tiny-random-llama"})
+        assert http(f"http://127.0.0.1:{port}/health")[0] == 200  # the board's own port: the same server
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # the pty closes with fab: the board's server goes too
+        try:
+            http(f"http://127.0.0.1:{port}/health")
+        except OSError:
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError("the board's server outlived `fab serve`")
