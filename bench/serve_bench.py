@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tests.support.serve starts the server
+sys.path.insert(0, str(ROOT))  # tests.support.serve starts the server
 NAMES = "Lily Tom Sue Max Ben Mia Sam Zoe Tim Amy Leo Eva Dan Ivy Jack Nora".split()
 
 

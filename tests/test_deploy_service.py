@@ -13,14 +13,15 @@ import sys
 import pytest
 
 from tests.support.serve import free_port, http
-from sshd import fab, sshd, synthetic_bundle, write_inventory  # noqa: F401  (sshd is a fixture)
-from test_deploy_release import current_release
+from tests.support.paths import ROOT
+from tests.support.sshd import FAB, fab, synthetic_bundle, write_inventory
+from tests.test_deploy_release import current_release
 
 pytestmark = pytest.mark.ssh
 
 
 @pytest.fixture
-def board(sshd, tmp_path):  # noqa: F811
+def board(sshd, tmp_path):
     """(inventory, install dir, port) of a board whose service is stopped after the test."""
     root, port = tmp_path / "board", free_port()
     inventory = write_inventory(tmp_path / "inventory.yml", sshd.board(root))
@@ -30,7 +31,7 @@ def board(sshd, tmp_path):  # noqa: F811
         fab(inventory, "service", "stop")
 
 
-def test_install_on_an_ascend_board_writes_a_unit_with_a_dedicated_user_and_the_cann_env(sshd, tmp_path, tiny_bundle):  # noqa: F811
+def test_install_on_an_ascend_board_writes_a_unit_with_a_dedicated_user_and_the_cann_env(sshd, tmp_path, tiny_bundle):
     root = tmp_path / "board"
     plain = write_inventory(tmp_path / "plain.yml", sshd.board(root))  # deploy checks that pyACL imports on acl boards
     assert fab(plain, "deploy", "--bundle", str(tiny_bundle)).returncode == 0
@@ -96,8 +97,6 @@ def test_fab_serve_runs_the_server_in_the_foreground_and_forwards_its_port(board
     import signal
     import subprocess
     import time
-
-    from sshd import FAB, ROOT
 
     inventory, root, port = board
     assert fab(inventory, "deploy", "--bundle", str(tiny_bundle)).returncode == 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import WIKITEXT, need
+from tests.support.paths import WIKITEXT, need
 from tests.support.serve import start_server
 
 pytestmark = pytest.mark.slow

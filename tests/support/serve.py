@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import ROOT
 
 
 def free_port() -> int:
@@ -99,9 +99,8 @@ def start_server(bundle: Path, log: Path, *options: str, api_key: str | None = N
 def build_slow_bundle(out: Path) -> Path:
     """A random Llama big enough that decoding takes milliseconds per token (4 layers, hidden 512,
     ChatML, KV 256), so a test can act while an answer is still streaming."""
-    from bundles import make_model, make_tokenizer_bundle, sample_text
-
     from host.build import BuildConfig, build_from_model
+    from tests.support.bundles import make_model, make_tokenizer_bundle, sample_text
 
     config = BuildConfig(model="slow-random-llama", out=out, quant="none", kv_len=256, calib_samples=2,
                          calib_seq_len=16, eval_tokens=32, prefill_chunks=[1, 16], chat_template="chatml")
