@@ -68,9 +68,9 @@ def test_page_streams_an_answer_shows_speed_stops_and_keeps_the_history(server, 
     el("#stop").click()
     stopped = wait_for("the stopped answer", lambda: el(".assistant").text.endswith("[stopped]") and el(".assistant").text)
     assert not el("#send").get_attribute("disabled") and el("#stop").get_attribute("disabled")
-    m = wait_for("the engine to stop", lambda: (m := server.metrics())["edge_llm_requests_running"] == 0 and m, 5)
-    assert 5 < m["edge_llm_completion_tokens_total"] < 300, "stop did not stop the engine"
-    assert el(".user").text == "Tell me a long story" and len(stopped) > len(first)
+    m = wait_for("the engine to stop", lambda: (m := server.metrics())["edge_llm_requests_running"] == 0 and m, 30)
+    assert 0 < m["edge_llm_completion_tokens_total"] < 300, f"stop did not stop the engine: {m}"
+    assert el(".user").text == "Tell me a long story" and len(stopped) > len(first), (stopped, first)
 
     el("#prompt").send_keys("And then?", Keys.ENTER)  # the next request carries the history: its prompt is cached
     wait_for("the second answer", lambda: len(browser.find_elements(By.CSS_SELECTOR, ".assistant")) == 2
