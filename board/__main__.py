@@ -54,7 +54,7 @@ def _engine(args, bundle: Bundle):
     from board.backends import open_backend
 
     backend = open_backend(bundle, args.backend, threads=args.threads, device_id=args.device, spin=not args.no_spin)
-    return backend, Engine(backend, bundle.manifest, sink=args.sink)
+    return backend, Engine(backend, bundle.manifest.arch, bundle.manifest.graph, sink=args.sink)
 
 
 def _emit(data: dict) -> None:

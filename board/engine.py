@@ -11,7 +11,7 @@ import numpy as np
 from board.backends.base import Backend
 from board.errors import BoardError
 from board.kvcache import KVCache
-from board.manifest import Manifest
+from board.manifest import Arch, Graph
 
 DEFAULT_SINK = 4
 
@@ -30,8 +30,7 @@ def plan_chunks(n: int, sizes, limit: int) -> list[int]:
 class Engine:
     """Feeds tokens through a backend into a fixed-slot KV cache; tracks every id it has fed."""
 
-    def __init__(self, backend: Backend, manifest: Manifest, sink: int = DEFAULT_SINK):
-        arch, graph = manifest.arch, manifest.graph
+    def __init__(self, backend: Backend, arch: Arch, graph: Graph, sink: int = DEFAULT_SINK):
         shape = (arch.num_layers, 2, 1, arch.num_kv_heads, graph.kv_len, arch.head_dim)
         self.backend = backend
         self.graph = graph

@@ -21,6 +21,19 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
+def token_scores(engine: Engine, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """From an empty cache: the NLL of each of ids[1:] given the ones before, and the top-1 id predicted there."""
+    engine.reset()
+    nll, top = [], []
+    for start in range(0, len(ids) - 1, BLOCK):
+        block = ids[start : min(start + BLOCK, len(ids) - 1)]
+        logits = engine.feed(block, all_logits=True)
+        targets = np.asarray(ids[start + 1 : start + 1 + len(block)])
+        nll.append(-log_softmax(logits)[np.arange(len(block)), targets])
+        top.append(logits.argmax(axis=-1))
+    return np.concatenate(nll), np.concatenate(top)
+
+
 def perplexity(engine: Engine, tokenizer: Tokenizer, text: str, max_tokens: int | None = None) -> dict:
     """{"perplexity", "nll", "tokens"}: mean negative log-likelihood of each token given the ones before."""
     ids = tokenizer.encode(text, bos=True)
@@ -28,13 +41,5 @@ def perplexity(engine: Engine, tokenizer: Tokenizer, text: str, max_tokens: int 
     ids = ids[:limit]
     if len(ids) < 2:
         raise BoardError("the text has fewer than 2 tokens; give a longer --text file")
-    engine.reset()
-    total, count = 0.0, 0
-    for start in range(0, len(ids) - 1, BLOCK):
-        block = ids[start : min(start + BLOCK, len(ids) - 1)]
-        logp = log_softmax(engine.feed(block, all_logits=True))
-        targets = np.asarray(ids[start + 1 : start + 1 + len(block)])
-        total -= float(logp[np.arange(len(block)), targets].sum())
-        count += len(block)
-    nll = total / count
-    return {"perplexity": float(np.exp(nll)), "nll": nll, "tokens": count}
+    nll = float(token_scores(engine, ids)[0].mean())
+    return {"perplexity": float(np.exp(nll)), "nll": nll, "tokens": len(ids) - 1}

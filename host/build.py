@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 
-from board.manifest import CHAT_TEMPLATES, Graph, Manifest, Quantization, Tokens
+from board.manifest import CHAT_TEMPLATES, Manifest, Quantization, Tokens
 from host.bundle import REPORT_NAME, TOKENIZER_NAME, staging, write_bundle_manifest
 from host.calibrate import collect_input_absmax, split_text, summarize
 from host.errors import InputError
-from host.export import MAX_OPSET, MIN_OPSET, OPSET, export_onnx, graph_specs
+from host.export import MAX_OPSET, MIN_OPSET, OPSET, export_onnx, graph_record
 from host.model import COMPUTE_DTYPES, EdgeLlama
 from host.quantize import ACT_SCHEMES, quantize_model, quantized_layer_count
-from host.verify import VerifyConfig, verify_graph
+from host.verify import verify_graph
 
 QUANT_SCHEMES = ("none", "w8a8")
 TARGETS = {"ort": "u8u8", "ascend": "s8s8"}  # target -> W8A8 graph dialect (see host/quantize.py)
@@ -181,25 +181,9 @@ def build_from_model(hf_model, tok, text: str, config: BuildConfig, info: dict, 
         with stage("export", timings):
             exported = export_onnx(graph_model, stage_dir, config.kv_len, opset=config.opset)
         tok.tokenizer.save(str(stage_dir / TOKENIZER_NAME))
+        graph = graph_record(graph_model, config.kv_len, config.prefill_chunks, exported, str(compute).split(".")[-1])
         with stage("verify", timings, f"onnxruntime vs PyTorch; perplexity on {len(split.heldout)} held-out chunks"):
-            verification = verify_graph(
-                stage_dir / exported.files[0],
-                graph_model,
-                reference,
-                split.heldout,
-                VerifyConfig(config.kv_len, max(config.prefill_chunks), config.quant, str(compute).split(".")[-1]),
-            )
-        inputs, outputs = graph_specs(graph_model, config.kv_len)
-        graph = Graph(
-            kv_len=config.kv_len,
-            kv_dtype=inputs[-1].dtype,
-            prefill_chunks=config.prefill_chunks,
-            inputs=inputs,
-            outputs=outputs,
-            onnx=exported.files[0],
-            opset=exported.opset,
-            compute_dtype=str(compute).split(".")[-1],
-        )
+            verification = verify_graph(stage_dir, graph, graph_model, reference, split.heldout, config.quant)
         report = {
             "model": info,
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},

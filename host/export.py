@@ -19,7 +19,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from board.manifest import TensorSpec
+from board.manifest import Graph, TensorSpec
 from host.errors import BuildError
 from host.model import EdgeLlama
 
@@ -54,6 +54,14 @@ def graph_specs(model: EdgeLlama, kv_len: int) -> tuple[list[TensorSpec], list[T
         TensorSpec("present_key_values", kv, [a.num_layers, 2, 1, a.num_kv_heads, "S", a.head_dim]),
     ]
     return inputs, outputs
+
+
+def graph_record(model: EdgeLlama, kv_len: int, prefill_chunks, exported: ExportInfo,
+                 compute_dtype: str = "float32") -> Graph:
+    """The manifest's description of an exported graph: what the board's Engine runs it by."""
+    inputs, outputs = graph_specs(model, kv_len)
+    return Graph(kv_len=kv_len, kv_dtype=inputs[-1].dtype, prefill_chunks=list(prefill_chunks), inputs=inputs,
+                 outputs=outputs, onnx=exported.files[0], opset=exported.opset, compute_dtype=compute_dtype)
 
 
 def _set_io_shapes(proto, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:

@@ -1,6 +1,7 @@
 """Verification of an exported graph: onnxruntime against the PyTorch modules, on real text.
 
-Measures, through the board's own fixed-KV protocol (slots filled in order, mask bits set):
+Measures through the board's own runtime (board.engine.Engine: the KV cache, chunking and, for the
+ONNX graph, the onnxruntime backend the board uses); the PyTorch modules run behind the same Engine:
 - parity: max |logit error| of the ONNX graph against its PyTorch twin (the same float or W8A8
   modules) for one prefill chunk and a few cached decode steps;
 - greedy agreement: teacher-forced top-1 agreement of the ONNX graph with the fp32 reference
@@ -23,14 +24,17 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from host.calibrate import run_prefill
+from board.backends.base import Backend
+from board.backends.ort import OrtBackend
+from board.engine import Engine
+from board.manifest import Graph
+from board.perplexity import token_scores
 from host.errors import BuildError
 from host.model import EdgeLlama
 
@@ -41,102 +45,47 @@ GREEDY_PROMPT = 8
 GREEDY_TOKENS = 24
 
 
-def ort_session(onnx_path: Path, threads: int = 0):
-    """An onnxruntime CPU session (0 threads: onnxruntime's default)."""
-    import onnxruntime as ort
+class TorchBackend(Backend):
+    """A PyTorch EdgeLlama behind the board's Backend interface, so it runs through the same Engine."""
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    # no busy-waiting between runs: its threads would otherwise spin against torch's in this process
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    name = "torch"
 
+    def __init__(self, model: EdgeLlama):
+        self.model = model
 
-def ort_step(session):
-    """Step function (ids, mask, positions, past) -> (logits, present) over an onnxruntime session."""
-
-    def step(ids, mask, positions, past):
-        feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "past_key_values": past}
-        logits, present = session.run(["logits", "present_key_values"], feeds)
-        return logits, present
-
-    return step
-
-
-def torch_step(model: EdgeLlama):
-    """The same step function over the PyTorch graph twin."""
-
-    def step(ids, mask, positions, past):
+    def forward(self, input_ids, attention_mask, position_ids, past_key_values):
         with torch.no_grad():
-            logits, present = model(*(torch.from_numpy(a) for a in (ids, mask, positions, past)))
+            logits, present = self.model(*(torch.from_numpy(a) for a in (input_ids, attention_mask, position_ids,
+                                                                         past_key_values)))
         return logits.numpy(), present.numpy()
 
-    return step
+
+def engines(bundle_dir: Path, graph: Graph, models: dict) -> dict[str, Engine]:
+    """{"onnx": the graph on the board's onnxruntime backend, name: each PyTorch model}, all on board Engines."""
+    arch = next(iter(models.values())).arch
+    # no busy-waiting between runs: onnxruntime's threads would otherwise spin against torch's here
+    onnx = OrtBackend(Path(bundle_dir) / graph.onnx, graph, arch.vocab_size, spin=False)
+    return {"onnx": Engine(onnx, arch, graph)} | {name: Engine(TorchBackend(m), arch, graph) for name, m in models.items()}
 
 
-class FixedKVRunner:
-    """Feeds tokens through a step function the way the board does: fixed slots, filled in order."""
-
-    def __init__(self, step, cache: np.ndarray):
-        self.step, self.cache, self.filled = step, cache.copy(), 0
-
-    def feed(self, tokens: list[int]) -> np.ndarray:
-        """Logits [S,V] for the new tokens; their keys/values go into the next free slots."""
-        kv_len, s = self.cache.shape[4], len(tokens)
-        if self.filled + s > kv_len:
-            raise ValueError(f"{self.filled}+{s} tokens do not fit {kv_len} KV slots")
-        mask = np.zeros((1, kv_len + s), dtype=np.int64)
-        mask[0, : self.filled] = 1
-        mask[0, kv_len:] = 1
-        ids = np.asarray([tokens], dtype=np.int64)
-        positions = np.arange(self.filled, self.filled + s, dtype=np.int64)[None]
-        logits, present = self.step(ids, mask, positions, self.cache)
-        self.cache[:, :, :, :, self.filled : self.filled + s] = present
-        self.filled += s
-        return logits[0]
-
-
-def prefill_logits(step, cache: np.ndarray, tokens: list[int]) -> np.ndarray:
-    """Logits [S,V] of tokens after empty slots (any S, even beyond the slots; nothing is stored)."""
-    kv_len, s = cache.shape[4], len(tokens)
-    mask = np.concatenate((np.zeros((1, kv_len), np.int64), np.ones((1, s), np.int64)), axis=1)
-    positions = np.arange(s, dtype=np.int64)[None]
-    return step(np.asarray([tokens], dtype=np.int64), mask, positions, cache)[0][0]
-
-
-def greedy(runner: FixedKVRunner, prompt: list[int], n: int) -> list[int]:
-    """n greedy tokens after `prompt`."""
-    logits = runner.feed(prompt)
+def greedy(engine: Engine, prompt: list[int], n: int) -> list[int]:
+    """n greedy tokens after `prompt`, from an empty cache."""
+    engine.reset()
     out = []
     for i in range(n):
-        out.append(int(np.argmax(logits[-1])))
-        if i + 1 < n:
-            logits = runner.feed(out[-1:])
+        logits = engine.feed(prompt if i == 0 else out[-1:])
+        out.append(int(np.argmax(logits)))
     return out
 
 
-def nll_sum(logits: np.ndarray, ids: np.ndarray) -> float:
-    """Summed negative log-likelihood of ids[1:] given logits[:-1], in float64."""
-    x = torch.from_numpy(np.asarray(logits[:-1], dtype=np.float64))
-    return float(-torch.log_softmax(x, dim=-1).gather(1, torch.from_numpy(ids[1:, None])).sum())
-
-
-@dataclass
-class VerifyConfig:
-    kv_len: int
-    prefill_chunk: int
-    quant: str  # "none" | "w8a8": picks the tolerance
-    compute_dtype: str = "float32"  # "float16": checked against fp32 like W8A8 (its rounding is noise too)
-    decode_steps: int = DECODE_STEPS
-
-
-def _parity(steps: dict, cache: np.ndarray, tokens: list[int], prefill: int) -> dict:
-    """Max |logit difference| between every pair of step functions over one prefill and decode steps."""
-    runners = {name: FixedKVRunner(step, cache) for name, step in steps.items()}
+def _parity(runs: dict[str, Engine], tokens: list[int], prefill: int) -> dict:
+    """Max |logit difference| between every pair of engines over one prefill and single-token decode steps."""
     chunks = [tokens[:prefill]] + [[t] for t in tokens[prefill:]]
-    logits = {name: [r.feed(c) for c in chunks] for name, r in runners.items()}
-    names = list(steps)
+    logits = {}
+    for name, engine in runs.items():
+        engine.reset()
+        logits[name] = [engine.feed(c, all_logits=True) for c in chunks]
+    names = list(runs)
     result = {"prefill_tokens": prefill, "decode_steps": len(chunks) - 1}
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
@@ -177,31 +126,27 @@ def check_parity(parity: dict, quant: str, where: Path, compute_dtype: str = "fl
         )
 
 
-def verify_graph(onnx_path: Path, twin: EdgeLlama, reference: EdgeLlama, heldout: list, config: VerifyConfig) -> dict:
+def verify_graph(bundle_dir: Path, graph: Graph, twin: EdgeLlama, reference: EdgeLlama, heldout: list,
+                 quant: str, decode_steps: int = DECODE_STEPS) -> dict:
     """All measurements of the module docstring as a report dict; BuildError on a broken export."""
-    session = ort_session(onnx_path)
-    onnx_step = ort_step(session)
-    cache = twin.empty_cache(config.kv_len).numpy()
+    onnx_path = Path(bundle_dir) / graph.onnx
+    runs = engines(bundle_dir, graph, {"twin": twin} if twin is reference else {"twin": twin, "fp32": reference})
+    ref = runs.get("fp32", runs["twin"])
     tokens = heldout[0][0].tolist()
-    steps = min(config.decode_steps, config.kv_len - 1, len(tokens) - 1)
-    prefill = max(1, min(config.prefill_chunk, config.kv_len - steps, len(tokens) - steps))
-    step_fns = {"onnx": onnx_step, "twin": torch_step(twin)}
-    if twin is not reference:
-        step_fns["fp32"] = torch_step(reference)
-    report = {"parity": _parity(step_fns, cache, tokens[: prefill + steps], prefill)}
-    check_parity(report["parity"], config.quant, onnx_path, config.compute_dtype)
+    steps = min(decode_steps, graph.kv_len - 1, len(tokens) - 1)
+    prefill = max(1, min(max(graph.prefill_chunks), graph.kv_len - steps, len(tokens) - steps))
+    report = {"parity": _parity(runs, tokens[: prefill + steps], prefill)}
+    check_parity(report["parity"], quant, onnx_path, graph.compute_dtype)
 
     nll_ref = nll_onnx = 0.0
     agree = count = 0
     for ids in tqdm(heldout, desc="perplexity", unit="chunk", file=sys.stderr, leave=False):
-        with torch.no_grad():
-            ref_logits = run_prefill(reference, ids)[0].numpy()
-        onnx_logits = prefill_logits(onnx_step, cache, ids[0].tolist())
-        ids_np = ids[0].numpy()
-        nll_ref += nll_sum(ref_logits, ids_np)
-        nll_onnx += nll_sum(onnx_logits, ids_np)
-        agree += int((ref_logits[:-1].argmax(-1) == onnx_logits[:-1].argmax(-1)).sum())
-        count += len(ids_np) - 1
+        ref_nll, ref_top = token_scores(ref, ids[0].tolist())
+        onnx_nll, onnx_top = token_scores(runs["onnx"], ids[0].tolist())
+        nll_ref += float(ref_nll.sum())
+        nll_onnx += float(onnx_nll.sum())
+        agree += int((ref_top == onnx_top).sum())
+        count += len(ref_top)
     report["perplexity"] = {
         "tokens": count,
         "fp32": math.exp(nll_ref / count),
@@ -211,9 +156,9 @@ def verify_graph(onnx_path: Path, twin: EdgeLlama, reference: EdgeLlama, heldout
     report["greedy"] = {"teacher_forced_top1_agreement": agree / count, "tokens": count}
 
     prompt = heldout[0][0, :GREEDY_PROMPT].tolist()
-    n = max(0, min(GREEDY_TOKENS, config.kv_len - len(prompt)))
-    got = greedy(FixedKVRunner(onnx_step, cache), prompt, n)
-    want = greedy(FixedKVRunner(torch_step(reference), reference.empty_cache(config.kv_len).numpy()), prompt, n)
+    n = max(0, min(GREEDY_TOKENS, graph.kv_len - len(prompt)))
+    got, want = greedy(runs["onnx"], prompt, n), greedy(ref, prompt, n)
     common = next((i for i, (x, y) in enumerate(zip(got, want)) if x != y), len(got))
     report["greedy"].update(prompt=prompt, onnx=got, fp32=want, common_prefix=common, generated=n)
+    runs["onnx"].backend.close()
     return report

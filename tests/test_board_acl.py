@@ -28,7 +28,7 @@ def om_bundle(tiny_bundle, tmp_path_factory):
 
 
 def run(bundle, backend, steps, sampling=GREEDY, seed=0, repeat=1):
-    engine = Engine(backend, bundle.manifest)
+    engine = Engine(backend, bundle.manifest.arch, bundle.manifest.graph)
     ids = bundle.tokenizer.encode(" ".join([PROMPT] * repeat), bos=True)
     return generate(engine, bundle.tokenizer, ids, GenerateConfig(steps, sampling), np.random.default_rng(seed)), engine
 

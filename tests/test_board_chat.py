@@ -30,7 +30,7 @@ class InterruptingOutput(io.StringIO):
 def session(tiny_bundle):
     bundle = open_bundle(tiny_bundle)
     with open_backend(bundle, "onnxruntime", threads=1) as backend:
-        engine = Engine(backend, bundle.manifest)
+        engine = Engine(backend, bundle.manifest.arch, bundle.manifest.graph)
         cfg = GenerateConfig(30, SamplingConfig(temperature=1.0, top_k=0, top_p=1.0))
         yield ChatSession(engine, bundle.tokenizer, bundle.manifest.chat_template, cfg, np.random.default_rng(5))
 

@@ -57,7 +57,7 @@ def test_chunked_prefill_logits_equal_one_full_forward(tiny):
     bundle, backend = tiny
     ids = bundle.tokenizer.encode(PROMPT + " and her mom said", bos=True)
     assert len(ids) > 16  # forces chunks of 16, 8 and 1
-    engine = Engine(backend, bundle.manifest)
+    engine = Engine(backend, bundle.manifest.arch, bundle.manifest.graph)
     chunked = engine.feed(ids, all_logits=True)
     np.testing.assert_allclose(chunked, full_forward(backend, bundle.manifest, ids), atol=1e-4, rtol=1e-4)
     assert engine.cache.next_pos == len(ids) and engine.cache.used == len(ids)
@@ -67,7 +67,7 @@ def test_greedy_generation_equals_full_recompute_for_the_first_window(tiny):
     bundle, backend = tiny
     ids = bundle.tokenizer.encode(PROMPT, bos=True)
     steps = bundle.manifest.graph.kv_len - len(ids)  # fill the window exactly: no eviction yet
-    engine = Engine(backend, bundle.manifest)
+    engine = Engine(backend, bundle.manifest.arch, bundle.manifest.graph)
     result = generate(engine, bundle.tokenizer, ids, GenerateConfig(steps, GREEDY), np.random.default_rng(0))
     expected = greedy_by_recompute(backend, bundle.manifest, ids, steps)
     assert result.tokens == expected
@@ -78,7 +78,7 @@ def test_greedy_generation_equals_full_recompute_for_the_first_window(tiny):
 def test_generation_continues_past_the_window_keeping_the_sink(tiny):
     bundle, backend = tiny
     kv_len = bundle.manifest.graph.kv_len
-    engine = Engine(backend, bundle.manifest, sink=4)
+    engine = Engine(backend, bundle.manifest.arch, bundle.manifest.graph, sink=4)
     cfg = GenerateConfig(kv_len, SamplingConfig(temperature=1.0, top_k=0, top_p=1.0))
     rng = np.random.default_rng(1)
     ids = bundle.tokenizer.encode(PROMPT, bos=True)
@@ -99,14 +99,14 @@ def test_perplexity_through_the_cache_equals_a_full_forward(tiny):
     ids = bundle.tokenizer.encode(text, bos=True)
     logp = log_softmax(full_forward(backend, bundle.manifest, ids))
     nll = -np.mean(logp[np.arange(len(ids) - 1), ids[1:]])
-    result = perplexity(Engine(backend, bundle.manifest), bundle.tokenizer, text)
+    result = perplexity(Engine(backend, bundle.manifest.arch, bundle.manifest.graph), bundle.tokenizer, text)
     assert result["tokens"] == len(ids) - 1
     assert result["perplexity"] == pytest.approx(float(np.exp(nll)), rel=1e-5)
 
 
 def test_chat_runs_past_the_window_and_past_the_position_range(tiny):
     bundle, backend = tiny
-    engine = Engine(backend, bundle.manifest, sink=4)
+    engine = Engine(backend, bundle.manifest.arch, bundle.manifest.graph, sink=4)
     cfg = GenerateConfig(24, SamplingConfig(temperature=1.0, top_k=0, top_p=1.0))
     session = ChatSession(engine, bundle.tokenizer, bundle.manifest.chat_template, cfg, np.random.default_rng(3))
     positions, answers = [], []
@@ -196,10 +196,10 @@ def test_w8a8_bundle_generates_and_stays_close_to_fp32(tiny, tiny_w8a8_bundle):
     assert q.manifest.quantization.scheme == "w8a8"
     text = "Once upon a time there was a little girl named lily. She loved to play outside in the park. " * 3
     with open_backend(q, "onnxruntime", threads=1) as qbackend:
-        ppl_q = perplexity(Engine(qbackend, q.manifest), q.tokenizer, text)["perplexity"]
-        result = generate(Engine(qbackend, q.manifest), q.tokenizer, q.tokenizer.encode(PROMPT, bos=True),
+        ppl_q = perplexity(Engine(qbackend, q.manifest.arch, q.manifest.graph), q.tokenizer, text)["perplexity"]
+        result = generate(Engine(qbackend, q.manifest.arch, q.manifest.graph), q.tokenizer, q.tokenizer.encode(PROMPT, bos=True),
                           GenerateConfig(16, GREEDY), np.random.default_rng(0))
-    ppl = perplexity(Engine(backend, bundle.manifest), bundle.tokenizer, text)["perplexity"]
+    ppl = perplexity(Engine(backend, bundle.manifest.arch, bundle.manifest.graph), bundle.tokenizer, text)["perplexity"]
     assert abs(ppl_q / ppl - 1) < 0.05
     assert len(result.tokens) == 16 or result.finish_reason == "eos"
 

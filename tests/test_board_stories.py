@@ -31,7 +31,7 @@ def test_greedy_text_matches_llama2c(stories_bundles, quant, prompt):
 def measured_perplexity(path, text):
     bundle = open_bundle(path)
     with open_backend(bundle, "onnxruntime", threads=1) as backend:
-        return perplexity(Engine(backend, bundle.manifest), bundle.tokenizer, text, max_tokens=512)
+        return perplexity(Engine(backend, bundle.manifest.arch, bundle.manifest.graph), bundle.tokenizer, text, max_tokens=512)
 
 
 def test_perplexity_on_tinystories_is_near_llama2c_and_w8a8_stays_close(stories_bundles):

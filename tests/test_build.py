@@ -22,9 +22,9 @@ from host.build import BuildConfig, build
 from host.errors import BuildError, InputError
 from tests.support.bundles import (
     build_test_bundle,
+    bundle_engine,
     bundle_greedy,
     bundle_perplexity,
-    bundle_session,
     make_model,
     make_tokenizer,
     sample_text,
@@ -69,31 +69,19 @@ def test_tiny_w8a8_bundle_records_quantization_and_verification(tiny_w8a8_bundle
 
 
 def test_bundle_graph_gives_the_same_logits_chunked_or_whole(tiny_bundle):
-    """The board's protocol on the bundle alone: prefill in manifest chunks + decode == one prefill."""
-    manifest, session, tok = bundle_session(tiny_bundle)
-    kv = manifest.graph.kv_len
-    ids = tok.encode("once upon a time there was a little girl named lily").ids[:20]
-
-    def run(tokens, filled, cache):
-        mask = np.concatenate((np.arange(kv) < filled, np.ones(len(tokens), bool)))[None].astype(np.int64)
-        logits, present = session.run(None, {"input_ids": np.array([tokens]), "attention_mask": mask,
-                                             "position_ids": np.arange(filled, filled + len(tokens))[None],
-                                             "past_key_values": cache})
-        cache[:, :, :, :, filled:filled + len(tokens)] = present
-        return logits[0]
-
-    cache = np.zeros(manifest.graph.inputs[3].shape, np.float32)
-    whole = run(ids, 0, cache.copy())
-    pieces, filled = [], 0
-    for size in (16, 1, 1, 1, 1):
-        pieces.append(run(ids[filled:filled + size], filled, cache))
-        filled += size
-    np.testing.assert_allclose(np.concatenate(pieces), whole, atol=1e-4, rtol=0)
+    """The board's engine on the bundle alone: prefill in manifest chunks + decode == one prefill."""
+    bundle, chunked = bundle_engine(tiny_bundle)
+    ids = bundle.tokenizer.encode("once upon a time there was a little girl named lily", bos=True)[:20]
+    _, whole = bundle_engine(tiny_bundle, prefill_chunks=[1, len(ids)])
+    with chunked.backend, whole.backend:
+        pieces = [chunked.feed(ids[:16], all_logits=True)] + [chunked.feed([t], all_logits=True) for t in ids[16:]]
+        np.testing.assert_allclose(np.concatenate(pieces), whole.feed(ids, all_logits=True), atol=1e-4, rtol=0)
 
 
 def test_fp16_kv_bundle_declares_and_returns_fp16_cache(tmp_path):
     out = build_test_bundle(tmp_path / "fp16", quant="w8a8", kv_len=32, dtype="fp16", prefill_chunks=[1, 8])
-    manifest, session, _ = bundle_session(out)
+    bundle, engine = bundle_engine(out)
+    manifest, session = bundle.manifest, engine.backend.session
     assert manifest.graph.kv_dtype == "float16"
     specs = {t.name: t.dtype for t in manifest.graph.inputs + manifest.graph.outputs}
     assert specs == {"input_ids": "int64", "attention_mask": "int64", "position_ids": "int64",

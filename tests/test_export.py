@@ -6,13 +6,13 @@ import onnx
 import pytest
 import torch
 
-from tests.support.bundles import make_model
 from host import export
 from host.calibrate import collect_input_absmax
-from host.export import export_onnx, graph_specs
+from host.export import export_onnx, graph_record, graph_specs
 from host.model import EdgeLlama
 from host.quantize import quantize_model
-from host.verify import FixedKVRunner, ort_session, ort_step, torch_step
+from host.verify import engines
+from tests.support.bundles import make_model
 
 
 @pytest.fixture(autouse=True)
@@ -35,12 +35,11 @@ def fp_onnx(hf, tmp_path_factory):
     return model, out / "model.onnx", export_onnx(model, out, KV)
 
 
-def run_both(model, path, tokens, prefill):
-    """Logits of ONNX and torch through the fixed-KV protocol: one prefill chunk, then single tokens."""
-    cache = model.empty_cache(KV).numpy()
-    a, b = FixedKVRunner(ort_step(ort_session(path)), cache), FixedKVRunner(torch_step(model), cache)
+def run_all(model, out_dir, info, tokens, prefill, **others):
+    """Logits {"onnx", "torch", *others} per chunk, each on a board Engine: one prefill chunk, then single tokens."""
+    runs = engines(out_dir, graph_record(model, KV, [1, prefill], info), {"torch": model} | others)
     chunks = [tokens[:prefill]] + [[t] for t in tokens[prefill:]]
-    return [(a.feed(c), b.feed(c)) for c in chunks], a
+    return [{name: e.feed(c, all_logits=True) for name, e in runs.items()} for c in chunks], runs["onnx"]
 
 
 def test_fp32_graph_signature_opset_and_dynamic_axes(fp_onnx):
@@ -66,13 +65,13 @@ def test_fp32_graph_signature_opset_and_dynamic_axes(fp_onnx):
 
 
 def test_fp32_graph_matches_torch_for_prefill_chunks_and_decode(fp_onnx):
-    model, path, _ = fp_onnx
+    model, path, info = fp_onnx
     tokens = [1, 40, 7, 99, 12, 3, 140, 66, 5, 21, 8]
     for prefill in (1, 3, 7):
-        pairs, runner = run_both(model, path, tokens, prefill)
-        for onnx_logits, torch_logits in pairs:
-            np.testing.assert_allclose(onnx_logits, torch_logits, atol=2e-5, rtol=0)
-        assert runner.filled == len(tokens)
+        steps, onnx_engine = run_all(model, path.parent, info, tokens, prefill)
+        for logits in steps:
+            np.testing.assert_allclose(logits["onnx"], logits["torch"], atol=2e-5, rtol=0)
+        assert onnx_engine.cache.next_pos == len(tokens)
 
 
 @pytest.mark.parametrize("dialect,code_type", [("u8u8", onnx.TensorProto.UINT8), ("s8s8", onnx.TensorProto.INT8)])
@@ -98,15 +97,11 @@ def test_w8a8_graph_is_as_close_to_fp32_as_its_torch_twin(hf, tmp_path):
     fp = EdgeLlama.from_hf(hf)
     absmax = collect_input_absmax(fp, [torch.randint(0, 150, (1, 16))])
     model = quantize_model(hf, absmax, "static", "u8u8", smooth_alpha=0.5)
-    export_onnx(model, tmp_path, KV)
-    tokens = [1, 40, 7, 99, 12, 3, 140, 66]
-    pairs, _ = run_both(model, tmp_path / "model.onnx", tokens, 5)
-    cache = fp.empty_cache(KV).numpy()
-    ref = FixedKVRunner(torch_step(fp), cache)
-    for (onnx_logits, torch_logits), chunk in zip(pairs, [tokens[:5]] + [[t] for t in tokens[5:]]):
-        ref_logits = ref.feed(chunk)
-        assert np.abs(onnx_logits - ref_logits).max() <= 2 * np.abs(torch_logits - ref_logits).max() + 1e-4
-        assert (onnx_logits.argmax(-1) == torch_logits.argmax(-1)).all()
+    info = export_onnx(model, tmp_path, KV)
+    steps, _ = run_all(model, tmp_path, info, [1, 40, 7, 99, 12, 3, 140, 66], 5, fp32=fp)
+    for x in steps:
+        assert np.abs(x["onnx"] - x["fp32"]).max() <= 2 * np.abs(x["torch"] - x["fp32"]).max() + 1e-4
+        assert (x["onnx"].argmax(-1) == x["torch"].argmax(-1)).all()
 
 
 def test_large_graphs_put_weights_in_one_external_data_file(hf, tmp_path, monkeypatch):
@@ -116,6 +111,6 @@ def test_large_graphs_put_weights_in_one_external_data_file(hf, tmp_path, monkey
     assert info.files == ["model.onnx", "model.onnx.data"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
     assert (tmp_path / "model.onnx.data").stat().st_size > (tmp_path / "model.onnx").stat().st_size
-    pairs, _ = run_both(model, tmp_path / "model.onnx", [1, 2, 3, 4], 3)
-    for onnx_logits, torch_logits in pairs:
-        np.testing.assert_allclose(onnx_logits, torch_logits, atol=2e-5, rtol=0)
+    steps, _ = run_all(model, tmp_path, info, [1, 2, 3, 4], 3)
+    for logits in steps:
+        np.testing.assert_allclose(logits["onnx"], logits["torch"], atol=2e-5, rtol=0)

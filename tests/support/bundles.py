@@ -8,14 +8,22 @@ Everything is seeded, so two calls with the same arguments give the same weights
 """
 from __future__ import annotations
 
+import math
 import random
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from board.backends import open_backend
+from board.bundle import Bundle, open_bundle
+from board.engine import Engine
+from board.perplexity import token_scores
 from host.build import BuildConfig, build_from_model
 from host.tokenizer import TokenizerBundle
+from host.verify import greedy
 
 SPECIALS = ("<unk>", "<s>", "</s>")
 BOS_ID, EOS_ID = 1, 2
@@ -102,59 +110,32 @@ def build_test_bundle(
     return build_from_model(model, tok, sample_text(), config, info).path
 
 
-# --- running a bundle the way the board does (manifest + onnxruntime + tokenizers only) --------
-def bundle_session(bundle_dir: Path):
-    """(manifest, onnxruntime session, tokenizers.Tokenizer) of a bundle, checksums verified."""
-    import onnxruntime as ort
+# --- running a bundle with the board's own runtime (board.engine on the onnxruntime backend) ----
+def bundle_engine(bundle_dir: Path, **graph_changes) -> tuple[Bundle, Engine]:
+    """The opened bundle (checksums verified) and a board Engine on its onnxruntime backend.
 
-    from board.manifest import load_manifest
-
-    manifest = load_manifest(bundle_dir)
-    session = ort.InferenceSession(str(Path(bundle_dir) / manifest.graph.onnx), providers=["CPUExecutionProvider"])
-    return manifest, session, Tokenizer.from_file(str(Path(bundle_dir) / manifest.tokenizer))
+    `graph_changes` replace fields of the manifest's Graph, e.g. prefill_chunks=[1, 20].
+    """
+    bundle = open_bundle(bundle_dir)
+    backend = open_backend(bundle, "onnxruntime", threads=1, spin=False)
+    m = bundle.manifest
+    return bundle, Engine(backend, m.arch, replace(m.graph, **graph_changes))
 
 
 def bundle_greedy(bundle_dir: Path, prompt: str, n: int) -> tuple[list[int], str]:
-    """Greedy continuation of `prompt` (BOS added by the tokenizer): prefill once, then n-1 decode steps."""
-    import numpy as np
-
-    manifest, session, tok = bundle_session(bundle_dir)
-    past_spec = next(t for t in manifest.graph.inputs if t.name == "past_key_values")
-    cache = np.zeros(past_spec.shape, dtype=past_spec.dtype)
-    kv = manifest.graph.kv_len
-    tokens, filled, out = tok.encode(prompt).ids, 0, []
-    for _ in range(n):
-        new = tokens if not out else out[-1:]
-        mask = np.concatenate((np.arange(kv) < filled, np.ones(len(new), bool)))[None].astype(np.int64)
-        logits, present = session.run(None, {
-            "input_ids": np.array([new], np.int64), "attention_mask": mask,
-            "position_ids": np.arange(filled, filled + len(new), dtype=np.int64)[None], "past_key_values": cache,
-        })
-        cache[:, :, :, :, filled : filled + len(new)] = present
-        filled += len(new)
-        out.append(int(logits[0, -1].argmax()))
-    return out, tok.decode(out)
+    """Greedy continuation of `prompt` (BOS added as the manifest says): prefill once, then n-1 decode steps."""
+    bundle, engine = bundle_engine(bundle_dir)
+    with engine.backend:
+        out = greedy(engine, bundle.tokenizer.encode(prompt, bos=True), n)
+    return out, bundle.tokenizer.decode(out)
 
 
 def bundle_perplexity(bundle_dir: Path, text: str, chunk: int = 128, max_tokens: int = 512) -> float:
     """Perplexity of the bundle's graph on the last `max_tokens` tokens of `text`, in BOS-led chunks."""
-    import math
-
-    import numpy as np
-
-    manifest, session, tok = bundle_session(bundle_dir)
-    ids = tok.encode(text, add_special_tokens=False).ids[-max_tokens:]
-    past_spec = next(t for t in manifest.graph.inputs if t.name == "past_key_values")
-    cache = np.zeros(past_spec.shape, dtype=past_spec.dtype)
-    nll, count = 0.0, 0
-    for start in range(0, len(ids), chunk - 1):
-        piece = [manifest.tokens.bos_id] + ids[start : start + chunk - 1]
-        mask = np.concatenate((np.zeros(manifest.graph.kv_len), np.ones(len(piece))))[None].astype(np.int64)
-        logits = session.run(["logits"], {
-            "input_ids": np.array([piece], np.int64), "attention_mask": mask,
-            "position_ids": np.arange(len(piece), dtype=np.int64)[None], "past_key_values": cache,
-        })[0][0, :-1].astype(np.float64)
-        logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
-        nll += float((logz - logits[np.arange(len(piece) - 1), piece[1:]]).sum())
-        count += len(piece) - 1
-    return math.exp(nll / count)
+    bundle, engine = bundle_engine(bundle_dir)
+    ids = bundle.tokenizer.encode(text)[-max_tokens:]
+    bos = bundle.manifest.tokens.bos_id
+    with engine.backend:
+        nll = np.concatenate([token_scores(engine, [bos] + ids[start : start + chunk - 1])[0]
+                              for start in range(0, len(ids), chunk - 1)])
+    return math.exp(float(nll.mean()))
