@@ -78,7 +78,7 @@ class Worker:
         c = self.config
         self.bundle = open_bundle(c.bundle, verify=c.verify)
         self._backend = open_backend(self.bundle, c.backend, threads=c.threads, device_id=c.device, spin=c.spin)
-        self.engine = Engine(self._backend, self.bundle.manifest, sink=c.sink)
+        self.engine = Engine(self._backend, self.bundle.manifest.arch, self.bundle.manifest.graph, sink=c.sink)
         self.metrics.set(kv_slots=self.engine.cache.kv_len)
 
     def _main(self) -> None:
