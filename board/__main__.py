@@ -41,13 +41,21 @@ def _add_sampling(p, max_new_tokens: int) -> None:
 
 
 def _generate_config(args, bundle: Bundle) -> GenerateConfig:
-    sampling = SamplingConfig(
-        temperature=0.0 if args.greedy else args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
-    )
-    return GenerateConfig(args.max_new_tokens, sampling, tuple(bundle.manifest.tokens.stop_strings))
+    try:
+        sampling = SamplingConfig(
+            temperature=0.0 if args.greedy else args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            repetition_penalty=args.repetition_penalty,
+        )
+        return GenerateConfig(args.max_new_tokens, sampling, tuple(bundle.manifest.tokens.stop_strings))
+    except ValueError as e:  # the configs name the bad value; here it becomes a bad option
+        raise BoardError(f"{e}; fix the option (see --help)") from None
+
+
+def _text(arg: str) -> str:
+    """A command-line string as text: bytes that were not UTF-8 become U+FFFD instead of a crash later."""
+    return arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _engine(args, bundle: Bundle):
@@ -70,7 +78,8 @@ def _run_chat(args) -> int:
     backend, engine = _engine(args, bundle)
     with backend:
         session = ChatSession(engine, bundle.tokenizer, bundle.manifest.chat_template, cfg,
-                              np.random.default_rng(args.seed), system=args.system or "")
+                              np.random.default_rng(args.seed), system=_text(args.system or ""))
+        sys.stdin.reconfigure(errors="replace")  # a non-UTF-8 line is read with U+FFFD, not a crash
         return run_repl(session)
 
 
@@ -82,7 +91,8 @@ def _run_generate(args) -> int:
     bundle = open_bundle(args.bundle, verify=not args.no_verify)
     cfg = _generate_config(args, bundle)
     tok = bundle.tokenizer
-    text = render_opening(bundle.manifest.chat_template, args.system or "", args.prompt) if args.chat else args.prompt
+    prompt = _text(args.prompt)
+    text = render_opening(bundle.manifest.chat_template, _text(args.system or ""), prompt) if args.chat else prompt
     ids = tok.encode(text, bos=True)
     backend, engine = _engine(args, bundle)
     with backend:
@@ -92,6 +102,8 @@ def _run_generate(args) -> int:
         _emit({**result.to_json(), "backend": backend.name})
     else:
         print()
+        if result.finish_reason == "context":
+            print(f"[stopped: the model's position limit of {engine.max_positions} tokens is reached]", file=sys.stderr)
     return 0
 
 
@@ -99,6 +111,8 @@ def _run_generate(args) -> int:
 def _run_perplexity(args) -> int:
     from board.perplexity import perplexity
 
+    if args.max_tokens is not None and args.max_tokens < 2:
+        raise BoardError(f"--max-tokens {args.max_tokens}: give at least 2 (or leave it out for the whole text)")
     bundle = open_bundle(args.bundle, verify=not args.no_verify)
     try:
         text = args.text.read_text(encoding="utf-8")
@@ -258,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (BundleError, BoardError, ValueError, OSError) as e:
+    except (BundleError, BoardError) as e:  # only our own errors: a programming error keeps its traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

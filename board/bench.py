@@ -24,8 +24,8 @@ def bench(
     engine: Engine, vocab_size: int, prompt_tokens: int, new_tokens: int, repeats: int = 3, seed: int = 0
 ) -> dict:
     """Time a prompt of random ids, then decode steps that feed back the argmax (token values do not change speed)."""
-    if prompt_tokens < 1 or new_tokens < 1:
-        raise BoardError("--prompt-tokens and --new-tokens must be >= 1")
+    if min(prompt_tokens, new_tokens, repeats) < 1:
+        raise BoardError("--prompt-tokens, --new-tokens and --repeats must be >= 1")
     if prompt_tokens + new_tokens > engine.max_positions:
         raise BoardError(
             f"prompt + new tokens = {prompt_tokens + new_tokens} exceed max_position_embeddings={engine.max_positions}"

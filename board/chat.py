@@ -7,12 +7,13 @@ that fit the KV window. Ctrl-C stops the current answer, not the session; /reset
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from board.chat_template import render_conversation, render_followup, render_opening
 from board.engine import Engine
+from board.errors import BoardError
 from board.generate import GenerateConfig, GenerationResult, generate
 from board.manifest import ChatTemplate
 from board.tokenizer import Tokenizer
@@ -35,40 +36,55 @@ class ChatSession:
         self.engine.reset()
         self.turns, self._unfed, self._dirty = [], [], False
 
-    def ask(self, user: str, on_text=None) -> GenerationResult:
+    def ask(self, user: str, on_text=None, on_notice=None) -> GenerationResult:
         """Answer one user message, streaming text to on_text; the turn is kept in the history."""
+        cfg = self.cfg
         if self._dirty:
-            ids = self._rebuild(user)
+            ids, cfg = self._rebuild(user, on_notice)
         elif self.turns:
             ids = self._unfed + self.tokenizer.encode(render_followup(self.template, user))
         else:
             self.engine.reset()
             ids = self.tokenizer.encode(render_opening(self.template, self.system, user), bos=True)
-        if len(ids) + self.cfg.max_new_tokens > self.engine.positions_left:
-            ids = self._rebuild(user)
-        result = generate(self.engine, self.tokenizer, ids, self.cfg, self.rng, on_text)
+        if not self._dirty and len(ids) + cfg.max_new_tokens > self.engine.positions_left:
+            ids, cfg = self._rebuild(user, on_notice)
+        result = generate(self.engine, self.tokenizer, ids, cfg, self.rng, on_text)
         self._dirty = result.finish_reason == "interrupted" and not result.tokens
         if not self._dirty:
             self.turns.append((user, result.text))
             self._unfed = result.unfed
         return result
 
-    def _rebuild(self, user: str) -> list[int]:
-        """Reset the cache and encode the newest turns that fit the window with room for an answer."""
+    def _encode(self, turns: list, user: str) -> list[int]:
+        pieces = render_conversation(self.template, self.system, turns, user)
+        return [i for n, piece in enumerate(pieces) for i in self.tokenizer.encode(piece, bos=n == 0)]
+
+    def _rebuild(self, user: str, on_notice=None) -> tuple[list[int], GenerateConfig]:
+        """Reset the cache and encode the newest turns that fit the window beside the message and its answer.
+
+        The user's message is never cut: when it and a full answer do not fit the KV window, the
+        answer budget shrinks (and on_notice says so); a message that alone fills the window is refused.
+        """
         self.engine.reset()
         self.rebuilds += 1
-        budget = self.engine.cache.kv_len - self.cfg.max_new_tokens
-        for start in range(len(self.turns) + 1):
-            pieces = render_conversation(self.template, self.system, self.turns[start:], user)
-            ids = self.tokenizer.encode(pieces[0], bos=True)
-            for piece in pieces[1:]:
-                ids += self.tokenizer.encode(piece)
-            if len(ids) <= budget:
-                break
+        kv_len = self.engine.cache.kv_len
+        message = self._encode([], user)
+        room = min(kv_len, self.engine.positions_left) - len(message)
+        if room < 1:
+            raise BoardError(
+                f"your message is {len(message)} tokens; with the template it must leave room for an answer in the "
+                f"{kv_len}-token window: shorten it (or rebuild the bundle with a larger --kv-len)"
+            )
+        cfg = self.cfg
+        if room < cfg.max_new_tokens:
+            cfg = replace(cfg, max_new_tokens=room)
+            (on_notice or (lambda text: None))(
+                f"[answer limited to {room} tokens so that your {len(message)}-token message fits the {kv_len}-token window]"
+            )
+        start = next(s for s in range(len(self.turns) + 1)
+                     if s == len(self.turns) or len(self._encode(self.turns[s:], user)) + cfg.max_new_tokens <= kv_len)
         self.turns = self.turns[start:]
-        # a single over-long message still goes in (its end): the cache evicts as it prefills
-        keep = max(1, min(len(ids), self.engine.positions_left - self.cfg.max_new_tokens))
-        return ids[len(ids) - keep :]
+        return self._encode(self.turns, user), cfg
 
 
 HELP = "/reset clears the conversation, /exit (or Ctrl-D) quits; Ctrl-C stops the current answer"
@@ -95,6 +111,11 @@ def run_repl(session: ChatSession, read=input, out=sys.stdout) -> int:
             continue
         if not line:
             continue
-        result = session.ask(line, on_text=lambda piece: print(piece, end="", file=out, flush=True))
+        try:
+            result = session.ask(line, on_text=lambda piece: print(piece, end="", file=out, flush=True),
+                                 on_notice=lambda text: print(text, file=out, flush=True))
+        except BoardError as e:  # e.g. a message too long for the window: say so, keep the session
+            print(f"error: {e}", file=out, flush=True)
+            continue
         suffix = " [stopped]" if result.finish_reason == "interrupted" else ""
         print(suffix, file=out, flush=True)

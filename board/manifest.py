@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -156,17 +157,61 @@ def file_entries(bundle_dir: Path, names: list[str]) -> dict[str, FileEntry]:
     return {n: FileEntry(size=(bundle_dir / n).stat().st_size, sha256=sha256_file(bundle_dir / n)) for n in names}
 
 
+# JSON types a manifest field may hold, by its annotation (bool is never taken for int or float)
+_JSON_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list,),
+               "dict": (dict,), "None": (type(None),)}
+_SHA256 = re.compile("[0-9a-f]{64}")
+MAX_POSITIONS = 1 << 22  # no model has a longer context; larger values are damage, not a model
+
+
 def _build(cls, data: Any, where: str):
+    """cls(**data) once data is a JSON object whose fields have the types `cls` declares."""
+    section = cls.__name__
+    if not isinstance(data, dict):
+        raise BundleError(f"{where}: {section} must be a JSON object, not {type(data).__name__}; rebuild the bundle")
+    for f in fields(cls):
+        value = data.get(f.name)
+        allowed = tuple(t for name in f.type.split(" | ") for t in _JSON_TYPES[name])
+        if f.name in data and ((isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed)):
+            raise BundleError(f"{where}: {section}.{f.name} = {str(value)[:40]!r} is not of type {f.type}; rebuild the bundle")
     try:
         return cls(**data)
     except TypeError as e:
         raise BundleError(f"{where}: {e}; rebuild the bundle with a matching edge-llm version") from None
 
 
+def _check_ranges(m: Manifest, where: str) -> None:
+    """Values a well-formed manifest can hold; BundleError for the first that is out of range."""
+    a, g = m.arch, m.graph
+    checks = [
+        (all(getattr(a, f.name) >= 1 for f in fields(Arch) if f.type == "int"), "arch sizes must be >= 1"),
+        (a.max_position_embeddings <= MAX_POSITIONS, f"arch.max_position_embeddings must be <= {MAX_POSITIONS}"),
+        (1 <= g.kv_len <= a.max_position_embeddings, f"graph.kv_len {g.kv_len} must be in 1..max_position_embeddings"),
+        (all(isinstance(c, int) and 1 <= c <= g.kv_len for c in g.prefill_chunks), "graph.prefill_chunks must be in 1..kv_len"),
+        (g.kv_dtype in ("float32", "float16") and g.logits in ("all", "last"), "graph.kv_dtype/logits unknown"),
+        (all(0 <= i < a.vocab_size for i in (m.tokens.bos_id, m.tokens.eos_id, m.tokens.pad_id)), "token ids outside the vocabulary"),
+        (all(isinstance(s, str) for s in m.tokens.stop_strings), "tokens.stop_strings must be strings"),
+        (all(e.size >= 0 and _SHA256.fullmatch(e.sha256) for e in m.files.values()), "files need a size >= 0 and a hex sha256"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise BundleError(f"{where}: {message}; rebuild the bundle")
+    for name in (m.tokenizer, g.onnx, g.om):
+        if name is not None and name not in m.files:
+            raise BundleError(f"{where}: {name!r} is used but not listed in `files` (unverified); rebuild the bundle")
+
+
+def _expect(value, kind: type, what: str, where: str):
+    if not isinstance(value, kind):
+        raise BundleError(f"{where}: {what} must be a JSON {kind.__name__}, not {type(value).__name__}; rebuild the bundle")
+    return value
+
+
 def manifest_from_dict(data: dict, where: str = MANIFEST_NAME) -> Manifest:
-    """Typed manifest from its JSON form; BundleError on unknown versions or missing fields."""
+    """Typed manifest from its JSON form; BundleError on unknown versions, missing or mistyped fields."""
+    _expect(data, dict, "a manifest", where)
     version = data.get("format_version")
-    if version not in SUPPORTED_FORMAT_VERSIONS:
+    if type(version) is not int or version not in SUPPORTED_FORMAT_VERSIONS:
         raise BundleError(
             f"{where}: format_version {version!r} is not supported by this board package "
             f"(knows {list(SUPPORTED_FORMAT_VERSIONS)}); rebuild the bundle or update board/"
@@ -175,20 +220,23 @@ def manifest_from_dict(data: dict, where: str = MANIFEST_NAME) -> Manifest:
     missing = [k for k in required if k not in data]
     if missing:
         raise BundleError(f"{where}: missing field(s) {', '.join(missing)}; rebuild the bundle")
-    graph = dict(data["graph"])
-    graph["inputs"] = [_build(TensorSpec, t, where) for t in graph.get("inputs", [])]
-    graph["outputs"] = [_build(TensorSpec, t, where) for t in graph.get("outputs", [])]
-    return Manifest(
+    graph = dict(_expect(data["graph"], dict, "graph", where))
+    for key in ("inputs", "outputs"):
+        graph[key] = [_build(TensorSpec, t, where) for t in _expect(graph.get(key, []), list, f"graph.{key}", where)]
+    files = _expect(data["files"], dict, "files (name -> {size, sha256})", where)
+    manifest = Manifest(
         format_version=version,
-        model=data["model"],
+        model=_expect(data["model"], dict, "model", where),
         arch=_build(Arch, data["arch"], where),
         graph=_build(Graph, graph, where),
         quantization=_build(Quantization, data["quantization"], where),
         tokens=_build(Tokens, data["tokens"], where),
         chat_template=_build(ChatTemplate, data["chat_template"], where),
-        files={k: _build(FileEntry, v, where) for k, v in data["files"].items()},
-        tokenizer=data.get("tokenizer", "tokenizer.json"),
+        files={k: _build(FileEntry, v, where) for k, v in files.items()},
+        tokenizer=_expect(data.get("tokenizer", "tokenizer.json"), str, "tokenizer", where),
     )
+    _check_ranges(manifest, where)
+    return manifest
 
 
 def read_manifest(bundle_dir: Path) -> Manifest:
@@ -198,22 +246,22 @@ def read_manifest(bundle_dir: Path) -> Manifest:
         raise BundleError(f"{path}: no manifest; is {bundle_dir} a bundle? Build one with `python -m host build`")
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: absurdly deep nesting
         raise BundleError(f"{path}: unreadable manifest ({e}); rebuild or redeploy the bundle") from None
     return manifest_from_dict(data, where=str(path))
 
 
 def verify_files(bundle_dir: Path, manifest: Manifest) -> None:
-    """Check every listed file's size and sha256; BundleError naming the first bad file."""
-    for name, entry in manifest.files.items():
-        path = Path(bundle_dir) / name
+    """Check every listed file against the integrity rule first, then each size and sha256; BundleError naming the file."""
+    from board.bundle import member_path  # board.bundle imports this module; the rule lives there
+
+    paths = {name: member_path(bundle_dir, name, entry.size) for name, entry in manifest.files.items()}
+    for name, path in paths.items():
         if not path.is_file():
             raise BundleError(f"{path}: listed in the manifest but missing; redeploy or rebuild the bundle")
-        size = path.stat().st_size
-        if size != entry.size or sha256_file(path) != entry.sha256:
-            raise BundleError(
-                f"{path}: checksum mismatch (corrupt or partial copy); redeploy or rebuild the bundle"
-            )
+    for name, path in paths.items():
+        if sha256_file(path) != manifest.files[name].sha256:
+            raise BundleError(f"{path}: checksum mismatch (corrupt or partial copy); redeploy or rebuild the bundle")
 
 
 def load_manifest(bundle_dir: Path, verify: bool = True) -> Manifest:

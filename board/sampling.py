@@ -4,9 +4,13 @@ Pure numpy. The random draw comes from a passed np.random.Generator, so runs are
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+
+
+MAX_PENALTY = 100.0  # beyond this, seen logits overflow float32 to +-inf and sampling degenerates
 
 
 @dataclass(frozen=True)
@@ -19,14 +23,18 @@ class SamplingConfig:
     repetition_penalty: float = 1.0
 
     def __post_init__(self):
+        # NaN passes every comparison below as False, so finiteness is checked first
+        bad = [n for n in ("temperature", "top_p", "repetition_penalty") if not math.isfinite(getattr(self, n))]
+        if bad:
+            raise ValueError(f"{bad[0]} {getattr(self, bad[0])} must be a finite number")
         if self.temperature < 0:
             raise ValueError(f"temperature {self.temperature} must be >= 0 (0 = greedy)")
         if self.top_k < 0:
             raise ValueError(f"top_k {self.top_k} must be >= 0 (0 = off)")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p {self.top_p} must be in (0, 1] (1 = off)")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty {self.repetition_penalty} must be > 0 (1 = off)")
+        if not 0 < self.repetition_penalty <= MAX_PENALTY:
+            raise ValueError(f"repetition_penalty {self.repetition_penalty} must be in (0, {MAX_PENALTY}] (1 = off)")
 
     @property
     def greedy(self) -> bool:

@@ -108,3 +108,32 @@ def test_ctrl_c_during_the_prompt_keeps_the_history(session):
     assert [u for u, _ in session.turns] == ["Once upon a time", "The happy dog went home"]
     text = session.tokenizer.decode(session.engine.fed)
     assert "Lily saw" not in text and text.startswith("Once upon a time")
+
+
+def test_a_rebuild_caps_the_answer_and_never_cuts_the_message(session):
+    session.cfg = GenerateConfig(8, session.cfg.sampling)
+    session.ask("Once upon a time")
+    # an answer budget near the position range forces a rebuild; today's code kept only the last 7 ids
+    session.cfg = GenerateConfig(505, session.cfg.sampling)
+    notices = []
+    message = "Lily saw a big red ball and her mom said the happy dog went home with her friends"
+    result = session.ask(message, on_notice=notices.append)
+    assert session.rebuilds == 1
+    kv_len = session.engine.cache.kv_len
+    expected = session.tokenizer.encode(message)
+    prompt = session.engine.fed[: result.prompt_tokens]
+    assert prompt[-len(expected):] == expected and prompt[0] == session.tokenizer.tokens.bos_id
+    budget = kv_len - result.prompt_tokens
+    assert len(result.tokens) <= budget and result.finish_reason in ("length", "eos")
+    assert notices == [f"[answer limited to {budget} tokens so that your {result.prompt_tokens}-token message "
+                       f"fits the {kv_len}-token window]"]
+
+
+def test_a_message_that_fills_the_window_is_refused_and_the_session_goes_on(session):
+    session.cfg = GenerateConfig(8, session.cfg.sampling)
+    session.ask("Once")
+    session.cfg = GenerateConfig(505, session.cfg.sampling)  # every next turn must rebuild
+    long = " ".join(["happy dog"] * 60)
+    out = io.StringIO()
+    assert run_repl(session, scripted([long, "Lily", "/exit"]), out) == 0
+    assert "shorten it" in out.getvalue() and [u for u, _ in session.turns][-1] == "Lily"

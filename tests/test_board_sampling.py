@@ -69,7 +69,9 @@ def test_sampling_follows_the_distribution_and_the_seed():
 @pytest.mark.parametrize(
     "kwargs, word",
     [({"temperature": -1}, "temperature"), ({"top_k": -2}, "top_k"), ({"top_p": 0.0}, "top_p"),
-     ({"repetition_penalty": 0}, "repetition_penalty")],
+     ({"repetition_penalty": 0}, "repetition_penalty"), ({"temperature": float("nan")}, "temperature"),
+     ({"temperature": float("inf")}, "temperature"), ({"repetition_penalty": float("nan")}, "repetition_penalty"),
+     ({"repetition_penalty": 1e308}, "repetition_penalty"), ({"top_p": float("nan")}, "top_p")],
 )
 def test_invalid_config_names_the_option(kwargs, word):
     with pytest.raises(ValueError, match=word):
