@@ -13,7 +13,7 @@ import re
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 # Version 1: first layout (DESIGN.md §2-§3): logits for every new position, KV [L,2,1,Hkv,KV,D].
 FORMAT_VERSION = 1
@@ -62,12 +62,21 @@ class Graph:
     compute_dtype: str = "float32"  # activations, norms and attention ("float16": the Ascend default)
 
 
+QuantScheme = Literal["none", "w8a8"]
+Dialect = Literal["u8u8", "s8s8"]  # W8A8 integer layout: u8u8 for onnxruntime CPU, s8s8 for the Ascend plugin
+ActScheme = Literal["dynamic", "static"]  # activation scales per token at run time, or per tensor from calibration
+QUANT_SCHEMES: tuple = get_args(QuantScheme)
+DIALECTS: tuple = get_args(Dialect)
+ACT_SCHEMES: tuple = get_args(ActScheme)
+ACTIVATIONS = {"dynamic": "int8_per_token_dynamic", "static": "int8_per_tensor_static"}  # ActScheme -> manifest name
+
+
 @dataclass(frozen=True)
 class Quantization:
-    scheme: str = "none"  # "none" | "w8a8"
-    dialect: str | None = None  # "u8u8" (onnxruntime) | "s8s8" (Ascend)
+    scheme: str = "none"  # a QuantScheme (typed as str: the manifest reader checks JSON types by annotation)
+    dialect: str | None = None  # a Dialect
     weights: str | None = None  # "int8_per_channel_symmetric"
-    activations: str | None = None  # "int8_per_token_dynamic" | "int8_per_tensor_static"
+    activations: str | None = None  # a value of ACTIVATIONS
     smooth_alpha: float | None = None
     quantized_layers: int = 0
 
@@ -78,7 +87,7 @@ class Tokens:
     eos_id: int
     pad_id: int
     add_bos: bool = True
-    stop_strings: list = field(default_factory=list)
+    stop_strings: list = field(default_factory=list)  # the chat template's (ChatTemplate.stop_strings), for the runtime
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,7 @@ class ChatTemplate:
     assistant: str = "{content}"
     generation_prompt: str = ""
     default_system: str = ""
+    stop_strings: list = field(default_factory=list)  # text that ends an answer beyond the EOS id (never shown)
 
 
 CHAT_TEMPLATES: dict[str, ChatTemplate] = {
@@ -101,6 +111,7 @@ CHAT_TEMPLATES: dict[str, ChatTemplate] = {
         user="<|user|>\n{content}</s>\n",
         assistant="<|assistant|>\n{content}</s>\n",
         generation_prompt="<|assistant|>\n",
+        stop_strings=["<|user|>", "<|system|>"],
     ),
     "llama2": ChatTemplate(
         name="llama2",
@@ -108,6 +119,7 @@ CHAT_TEMPLATES: dict[str, ChatTemplate] = {
         user="[INST] {content} [/INST]",
         assistant=" {content} </s><s>",
         generation_prompt="",
+        stop_strings=["[INST]"],
     ),
     "chatml": ChatTemplate(
         name="chatml",
@@ -115,6 +127,7 @@ CHAT_TEMPLATES: dict[str, ChatTemplate] = {
         user="<|im_start|>user\n{content}<|im_end|>\n",
         assistant="<|im_start|>assistant\n{content}<|im_end|>\n",
         generation_prompt="<|im_start|>assistant\n",
+        stop_strings=["<|im_end|>"],
     ),
     "none": ChatTemplate(name="none"),
 }
@@ -189,6 +202,7 @@ def _check_ranges(m: Manifest, where: str) -> None:
         (1 <= g.kv_len <= a.max_position_embeddings, f"graph.kv_len {g.kv_len} must be in 1..max_position_embeddings"),
         (all(isinstance(c, int) and 1 <= c <= g.kv_len for c in g.prefill_chunks), "graph.prefill_chunks must be in 1..kv_len"),
         (g.kv_dtype in ("float32", "float16") and g.logits in ("all", "last"), "graph.kv_dtype/logits unknown"),
+        (m.quantization.scheme in QUANT_SCHEMES and m.quantization.dialect in (None, *DIALECTS), "unknown quantization"),
         (all(0 <= i < a.vocab_size for i in (m.tokens.bos_id, m.tokens.eos_id, m.tokens.pad_id)), "token ids outside the vocabulary"),
         (all(isinstance(s, str) for s in m.tokens.stop_strings), "tokens.stop_strings must be strings"),
         (all(e.size >= 0 and _SHA256.fullmatch(e.sha256) for e in m.files.values()), "files need a size >= 0 and a hex sha256"),

@@ -9,20 +9,23 @@ from host.errors import BuildError, InputError
 
 # --- build (owner: host pipeline) -------------------------------------------------------
 def _add_build(sub) -> None:
+    from board.manifest import ACT_SCHEMES, QUANT_SCHEMES
+    from host.buildconfig import KV_DTYPES, TARGETS
+
     p = sub.add_parser("build", help="load, calibrate, quantize, export, verify and bundle a model")
     p.add_argument("--model", required=True, help="HF checkpoint directory, hub id, or llama2.c .bin checkpoint")
     p.add_argument("--tokenizer", help="tokenizer.json, SentencePiece tokenizer.model or llama2.c tok*.bin (default: beside the model)")
     p.add_argument("--calib", required=True, help="plain-text file: calibration samples from its start, perplexity on its tail")
-    p.add_argument("--quant", required=True, choices=("none", "w8a8"), help="none: fp32 graph; w8a8: int8 weights and activations")
+    p.add_argument("--quant", required=True, choices=QUANT_SCHEMES, help="none: fp32 graph; w8a8: int8 weights and activations")
     p.add_argument("--smooth", type=float, metavar="ALPHA", help="SmoothQuant migration strength (e.g. 0.5); default: off")
-    p.add_argument("--act-scheme", choices=("dynamic", "static"), default="dynamic",
+    p.add_argument("--act-scheme", choices=ACT_SCHEMES, default="dynamic",
                    help="activation scales per token at run time (default) or per tensor from calibration")
     p.add_argument("--kv-len", type=int, default=256, help="fixed number of KV cache slots (default 256)")
     p.add_argument("--prefill-chunks", default="1,16,64", help="comma-separated prefill chunk lengths (default 1,16,64)")
-    p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="KV cache dtype (default fp32)")
-    p.add_argument("--target", choices=("ort", "ascend"), default="ort",
+    p.add_argument("--dtype", choices=KV_DTYPES, default="fp32", help="KV cache dtype (default fp32)")
+    p.add_argument("--target", choices=tuple(TARGETS), default="ort",
                    help="W8A8 graph dialect: ort = u8u8 for onnxruntime CPU, ascend = s8s8 for the NPU")
-    p.add_argument("--compute", choices=("fp32", "fp16"),
+    p.add_argument("--compute", choices=KV_DTYPES,
                    help="dtype of activations, norms and attention (default: fp16 for --target ascend, else fp32); "
                         "integer matmuls are the same either way")
     p.add_argument("--opset", type=int,

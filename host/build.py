@@ -7,87 +7,34 @@ Progress goes to stderr, one short line per stage.
 from __future__ import annotations
 
 import json
+import math
+import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from board.manifest import CHAT_TEMPLATES, Manifest, Quantization, Tokens
-from host.bundle import REPORT_NAME, TOKENIZER_NAME, staging, write_bundle_manifest
+from board.manifest import ACTIVATIONS, CHAT_TEMPLATES, Manifest, Quantization, Tokens
+from host.buildconfig import BuildConfig
+from host.bundle import REPORT_NAME, TOKENIZER_NAME, check_out, staging, write_bundle_manifest
 from host.calibrate import collect_input_absmax, split_text, summarize
-from host.errors import InputError
-from host.export import MAX_OPSET, MIN_OPSET, OPSET, export_onnx, graph_record
-from host.model import COMPUTE_DTYPES, EdgeLlama
-from host.quantize import ACT_SCHEMES, quantize_model, quantized_layer_count
+from host.errors import BuildError, InputError
+from host.export import export_onnx, graph_record
+from host.limits import check_sizes
+from host.model import EdgeLlama
+from host.quantize import quantize_model, quantized_layer_count
 from host.verify import verify_graph
 
-QUANT_SCHEMES = ("none", "w8a8")
-TARGETS = {"ort": "u8u8", "ascend": "s8s8"}  # target -> W8A8 graph dialect (see host/quantize.py)
+__all__ = ["BuildConfig", "BuildResult", "build", "build_from_model"]  # BuildConfig re-exported for callers
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-# What each target computes activations in and exports at, unless --compute / --opset say otherwise:
-# the NPU runs fp16 on its AI Cores (fp32 ops fall back to the AI CPU), at the lowest opset.
-DEFAULT_COMPUTE = {"ort": "fp32", "ascend": "fp16"}
-DEFAULT_OPSET = {"ort": OPSET, "ascend": MIN_OPSET}
-# Strings that end an assistant turn for each template family beyond the EOS token.
-STOP_STRINGS = {"zephyr": ["<|user|>", "<|system|>"], "llama2": ["[INST]"], "chatml": ["<|im_end|>"], "none": []}
-
-
-@dataclass
-class BuildConfig:
-    """Everything one build needs; `validate()` raises InputError saying how to fix a bad value."""
-
-    model: str
-    out: Path
-    calib: Path | None = None
-    tokenizer: str | None = None
-    quant: str = "w8a8"
-    smooth: float | None = None  # SmoothQuant alpha; None: no smoothing
-    act_scheme: str = "dynamic"
-    kv_len: int = 256
-    prefill_chunks: list = field(default_factory=lambda: [1, 16, 64])
-    dtype: str = "fp32"  # dtype of the KV cache tensors (past/present)
-    target: str = "ort"
-    compute: str | None = None  # activations, norms, attention: fp32 | fp16; None: DEFAULT_COMPUTE[target]
-    opset: int | None = None  # ai.onnx opset; None: DEFAULT_OPSET[target]
-    calib_samples: int = 16
-    calib_seq_len: int = 128
-    eval_tokens: int = 512  # held-out tokens (tail of --calib) for perplexity
-    chat_template: str | None = None  # None: detected from the tokenizer's config
-    name: str | None = None
-
-    def validate(self) -> "BuildConfig":
-        checks = [
-            (self.quant in QUANT_SCHEMES, f"--quant {self.quant!r}: use one of {', '.join(QUANT_SCHEMES)}"),
-            (self.act_scheme in ACT_SCHEMES, f"--act-scheme {self.act_scheme!r}: use one of {', '.join(ACT_SCHEMES)}"),
-            (self.target in TARGETS, f"--target {self.target!r}: use one of {', '.join(TARGETS)}"),
-            (self.dtype in DTYPES, f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}"),
-            (self.compute in (None, *DTYPES), f"--compute {self.compute!r}: use one of {', '.join(DTYPES)}"),
-            (self.opset is None or MIN_OPSET <= self.opset <= MAX_OPSET,
-             f"--opset {self.opset}: use {MIN_OPSET} (the lowest that expresses the graph) to {MAX_OPSET} (ATC's documented top)"),
-            (self.smooth is None or 0.0 <= self.smooth <= 1.0, f"--smooth {self.smooth}: SmoothQuant alpha is in [0, 1], e.g. 0.5"),
-            (self.smooth is None or self.quant == "w8a8", "--smooth only applies to --quant w8a8"),
-            (self.kv_len >= 2, f"--kv-len {self.kv_len}: give at least 2 KV slots (e.g. 256)"),
-            (self.calib_samples >= 1, f"--calib-samples {self.calib_samples}: give at least 1"),
-            (self.calib_seq_len >= 8, f"calibration sequence length {self.calib_seq_len}: give at least 8"),
-            (
-                self.chat_template is None or self.chat_template in CHAT_TEMPLATES,
-                f"--chat-template {self.chat_template!r}: use one of {', '.join(CHAT_TEMPLATES)}",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(message)
-        chunks = sorted({1, *(int(c) for c in self.prefill_chunks)})
-        if chunks[0] < 1 or chunks[-1] > self.kv_len:
-            raise InputError(f"--prefill-chunks {chunks}: each chunk must be in 1..--kv-len ({self.kv_len})")
-        self.prefill_chunks = chunks
-        self.out = Path(self.out)
-        self.compute = self.compute or DEFAULT_COMPUTE.get(self.target, "fp32")
-        self.opset = self.opset or DEFAULT_OPSET.get(self.target, OPSET)
-        return self
+# Far above the perplexity of a uniform guess over the vocabulary means the model and tokenizer
+# disagree on what ids mean (or the weights are garbage): such a bundle must not ship.
+ABSURD_PERPLEXITY_FACTOR = 4.0
 
 
 @dataclass
@@ -105,6 +52,35 @@ def stage(name: str, timings: dict, detail: str = ""):
     yield
     timings[name] = round(time.perf_counter() - start, 3)
     print(f"build: {name} done in {timings[name]:.1f} s", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def sigint_deferred():
+    """Hold a Ctrl-C until the block ends: one landing inside a C extension's import surfaces as a bogus ImportError."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def check_perplexity(perplexity: dict, vocab_size: int) -> None:
+    """BuildError when a measured perplexity is NaN, infinite or far above a uniform guess (vocab_size)."""
+    limit = ABSURD_PERPLEXITY_FACTOR * vocab_size
+    for which in ("fp32", "onnx"):
+        value = perplexity[which]
+        if not math.isfinite(value) or value > limit:
+            raise BuildError(
+                f"perplexity of the {which} model on the held-out text is {value:.4g}, above {limit:.0f} "
+                f"({ABSURD_PERPLEXITY_FACTOR:g} x vocab_size, a uniform guess): the tokenizer does not match the "
+                "model or the weights are broken; pass the model's own --tokenizer"
+            )
 
 
 def read_text(path: Path | None) -> str:
@@ -129,9 +105,9 @@ def quantization_record(config: BuildConfig, graph_model) -> Quantization:
         return Quantization()
     return Quantization(
         scheme="w8a8",
-        dialect=TARGETS[config.target],
+        dialect=config.dialect,
         weights="int8_per_channel_symmetric",
-        activations="int8_per_token_dynamic" if config.act_scheme == "dynamic" else "int8_per_tensor_static",
+        activations=ACTIVATIONS[config.act_scheme],
         smooth_alpha=config.smooth,
         quantized_layers=quantized_layer_count(graph_model),
     )
@@ -142,7 +118,7 @@ def build(config: BuildConfig) -> BuildResult:
     from host.load import load_model
     from host.tokenizer import check_vocab, load_tokenizer
 
-    config.validate()
+    check_out(config.out)  # a bad --out is found now, not after minutes of loading and calibrating
     text = read_text(config.calib)
     timings: dict = {}
     with stage("load", timings):
@@ -158,7 +134,7 @@ def build(config: BuildConfig) -> BuildResult:
 @torch.no_grad()
 def build_from_model(hf_model, tok, text: str, config: BuildConfig, info: dict, timings: dict | None = None) -> BuildResult:
     """Build the bundle at `config.out` from a loaded HF LlamaForCausalLM and a TokenizerBundle."""
-    config.validate()
+    check_sizes(config, hf_model.config)
     timings = {} if timings is None else timings
     hf_model = hf_model.float().eval()
     kv_dtype = DTYPES[config.dtype]
@@ -172,7 +148,7 @@ def build_from_model(hf_model, tok, text: str, config: BuildConfig, info: dict, 
     graph_model = reference if compute == torch.float32 else EdgeLlama.from_hf(hf_model, kv_dtype).use_compute_dtype(compute)
     if config.quant == "w8a8":
         with stage("quantize", timings):
-            graph_model = quantize_model(hf_model, absmax, config.act_scheme, TARGETS[config.target], config.smooth,
+            graph_model = quantize_model(hf_model, absmax, config.act_scheme, config.dialect, config.smooth,
                                          kv_dtype, compute)
     quant = quantization_record(config, graph_model)
 
@@ -182,8 +158,11 @@ def build_from_model(hf_model, tok, text: str, config: BuildConfig, info: dict, 
             exported = export_onnx(graph_model, stage_dir, config.kv_len, opset=config.opset)
         tok.tokenizer.save(str(stage_dir / TOKENIZER_NAME))
         graph = graph_record(graph_model, config.kv_len, config.prefill_chunks, exported, str(compute).split(".")[-1])
+        with sigint_deferred():
+            import onnxruntime  # noqa: F401  (here, so a Ctrl-C cannot land inside its import: see sigint_deferred)
         with stage("verify", timings, f"onnxruntime vs PyTorch; perplexity on {len(split.heldout)} held-out chunks"):
             verification = verify_graph(stage_dir, graph, graph_model, reference, split.heldout, config.quant)
+        check_perplexity(verification["perplexity"], reference.arch.vocab_size)
         report = {
             "model": info,
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
@@ -212,7 +191,7 @@ def build_from_model(hf_model, tok, text: str, config: BuildConfig, info: dict, 
                 eos_id=tok.eos_id,
                 pad_id=tok.pad_id,
                 add_bos=tok.add_bos,
-                stop_strings=STOP_STRINGS.get(template, []),
+                stop_strings=list(CHAT_TEMPLATES[template].stop_strings),
             ),
             chat_template=CHAT_TEMPLATES[template],
         )

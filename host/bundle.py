@@ -3,11 +3,13 @@
 A build writes every file into `.<name>.build-XXXX` beside the target; only when all of it
 succeeded (manifest last, with the sha256 of every other file) is the previous bundle moved
 aside and the new one renamed into place. A failed or interrupted build leaves the previous
-bundle byte-identical and removes its staging directory.
+bundle byte-identical and removes its staging directory; one killed outright (SIGKILL, OOM)
+leaves it behind, and the next build into the same --out removes it.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -31,22 +33,82 @@ REPORT_NAME = "report.json"
 TOKENIZER_NAME = "tokenizer.json"
 
 
-@contextlib.contextmanager
-def staging(out: Path):
-    """Yield an empty staging directory; on normal exit it replaces `out`, on error it is deleted."""
+# Errors of writing the bundle that the user fixes by freeing space or choosing another --out
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST}
+
+
+def _out_error(out: Path, e: OSError) -> InputError:
+    return InputError(f"--out {out}: cannot write the bundle there ({os.strerror(e.errno)}); "
+                      "free space or choose another --out (a previous bundle there is untouched)")
+
+
+def check_out(out: Path) -> Path:
+    """InputError now, before any work, when `out` cannot become a bundle directory; its absolute path."""
     out = Path(out).absolute()
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a directory; choose another path")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
         raise InputError(f"--out {out} is a non-empty directory without a bundle; choose an empty or new path")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.build-"))
+    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise InputError(f"--out {out}: {blocker} is a file, not a directory; choose another --out")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.probe-"))  # can we create a sibling?
+    except OSError as e:
+        raise _out_error(out, e) from None
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def clean_stale(out: Path) -> list[Path]:
+    """Remove staging dirs of builds into `out` whose process is gone (killed builds); the removed paths.
+
+    A swap killed between its two renames leaves the previous bundle as `.NAME.old-*` with `out`
+    missing: it is put back instead of deleted.
+    """
+    removed = []
+    for path in sorted(out.parent.glob(f".{out.name}.build-*")):
+        pid = path.name.rsplit(".", 1)[1].split("-")[1]
+        if pid.isdigit() and _alive(int(pid)):
+            continue  # a build running now (names from before the pid was recorded count as stale)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    for path in sorted(out.parent.glob(f".{out.name}.old-*")):
+        if os.path.lexists(out):
+            _remove(path)
+            removed.append(path)
+        else:
+            os.replace(path, out)
+    return removed
+
+
+@contextlib.contextmanager
+def staging(out: Path):
+    """Yield an empty staging directory; on normal exit it replaces `out`, on error it is deleted."""
+    out = check_out(out)
+    clean_stale(out)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.build-{os.getpid()}-"))
     try:
         yield stage
+        swap_into_place(stage, out)
+    except OSError as e:
+        shutil.rmtree(stage, ignore_errors=True)
+        if e.errno in WRITE_ERRORS:
+            raise _out_error(out, e) from None
+        raise
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    swap_into_place(stage, out)
 
 
 def _remove(path: Path) -> None:

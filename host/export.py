@@ -19,6 +19,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from board.backends.base import INPUT_NAMES, OUTPUT_NAMES
 from board.manifest import Graph, TensorSpec
 from host.errors import BuildError
 from host.model import EdgeLlama
@@ -26,8 +27,6 @@ from host.model import EdgeLlama
 OPSET = 17  # onnxruntime target
 MIN_OPSET, MAX_OPSET = 11, 18  # 11: the lowest that expresses the graph; 18: ATC's documented top
 EXTERNAL_DATA_BYTES = 1_500_000_000
-INPUT_NAMES = ("input_ids", "attention_mask", "position_ids", "past_key_values")
-OUTPUT_NAMES = ("logits", "present_key_values")
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16"}
 
 
@@ -43,17 +42,11 @@ def graph_specs(model: EdgeLlama, kv_len: int) -> tuple[list[TensorSpec], list[T
     """Manifest input and output TensorSpecs; "S" is the dynamic chunk length."""
     a = model.arch
     kv = _DTYPE_NAMES[model.kv_dtype]
-    inputs = [
-        TensorSpec("input_ids", "int64", [1, "S"]),
-        TensorSpec("attention_mask", "int64", [1, f"{kv_len}+S"]),
-        TensorSpec("position_ids", "int64", [1, "S"]),
-        TensorSpec("past_key_values", kv, [a.num_layers, 2, 1, a.num_kv_heads, kv_len, a.head_dim]),
-    ]
-    outputs = [
-        TensorSpec("logits", "float32", [1, "S", a.vocab_size]),
-        TensorSpec("present_key_values", kv, [a.num_layers, 2, 1, a.num_kv_heads, "S", a.head_dim]),
-    ]
-    return inputs, outputs
+    inputs = [("int64", [1, "S"]), ("int64", [1, f"{kv_len}+S"]), ("int64", [1, "S"]),
+              (kv, [a.num_layers, 2, 1, a.num_kv_heads, kv_len, a.head_dim])]
+    outputs = [("float32", [1, "S", a.vocab_size]), (kv, [a.num_layers, 2, 1, a.num_kv_heads, "S", a.head_dim])]
+    return ([TensorSpec(n, *spec) for n, spec in zip(INPUT_NAMES, inputs)],
+            [TensorSpec(n, *spec) for n, spec in zip(OUTPUT_NAMES, outputs)])
 
 
 def graph_record(model: EdgeLlama, kv_len: int, prefill_chunks, exported: ExportInfo,
@@ -87,13 +80,9 @@ def example_inputs(model: EdgeLlama, kv_len: int, seq: int = 2) -> tuple[torch.T
 def export_onnx(model: EdgeLlama, out_dir: Path, kv_len: int, name: str = "model.onnx", opset: int = OPSET) -> ExportInfo:
     """Write `out_dir/name` (and `name.data` when large) at `opset`; return what was written."""
     out_dir = Path(out_dir)
-    dynamic_axes = {
-        "input_ids": {1: "S"},
-        "attention_mask": {1: f"{kv_len}+S"},
-        "position_ids": {1: "S"},
-        "logits": {1: "S"},
-        "present_key_values": {4: "S"},
-    }
+    # the chunk axis S of every input and output (names in DESIGN.md §3 order)
+    axes = [{1: "S"}, {1: f"{kv_len}+S"}, {1: "S"}, {}, {1: "S"}, {4: "S"}]
+    dynamic_axes = {name: axis for name, axis in zip(INPUT_NAMES + OUTPUT_NAMES, axes) if axis}
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export.") as tmp:
         raw = Path(tmp) / name
         with torch.no_grad(), warnings.catch_warnings():

@@ -182,7 +182,8 @@ def load_llama2c_model(path: Path):
     model = LlamaForCausalLM(hf_config(header))
     missing, unexpected = model.load_state_dict(hf_state_dict(header, weights), strict=False)
     if unexpected or set(missing) - {"lm_head.weight"}:  # lm_head is absent only when tied
-        raise RuntimeError(f"llama2.c conversion mismatch: missing {missing}, unexpected {unexpected}")
+        raise InputError(f"{path}: llama2.c conversion mismatch (missing {missing}, unexpected {unexpected}); "
+                         "is it a llama2.c checkpoint of the version 0 format?")
     return model.float().eval(), header
 
 

@@ -22,13 +22,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from board.manifest import ACT_SCHEMES, DIALECTS, ActScheme, Dialect
 from host.model import FUSED_PROJECTIONS, PROJECTIONS, EdgeLlama, RMSNorm
 from host.smooth import SMOOTH_GROUPS, smoothing_scales
 
 QMAX = 127  # symmetric int8: codes -127..127 (no -128, so negation is exact)
 EPS = 1e-8  # floor on scales so an all-zero row or token does not divide by zero
-DIALECTS = ("u8u8", "s8s8")
-ACT_SCHEMES = ("dynamic", "static")
 _ZERO_POINT = {"u8u8": 128, "s8s8": 0}
 
 
@@ -90,7 +89,7 @@ class W8A8Linear(nn.Module):
     outputs are concatenated, `split_sizes` wide each.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, act_scheme: str, dialect: str,
+    def __init__(self, in_features: int, out_features: int, bias: bool, act_scheme: ActScheme, dialect: Dialect,
                  split_sizes: tuple[int, ...] | None = None):
         super().__init__()
         if act_scheme not in ACT_SCHEMES:
@@ -113,8 +112,8 @@ class W8A8Linear(nn.Module):
     def from_float(
         cls,
         linear: nn.Linear,
-        act_scheme: str = "dynamic",
-        dialect: str = "u8u8",
+        act_scheme: ActScheme = "dynamic",
+        dialect: Dialect = "u8u8",
         act_absmax: float | None = None,
         weight: torch.Tensor | None = None,
     ) -> "W8A8Linear":
@@ -125,8 +124,8 @@ class W8A8Linear(nn.Module):
     def from_float_group(
         cls,
         linears: list[nn.Linear],
-        act_scheme: str = "dynamic",
-        dialect: str = "u8u8",
+        act_scheme: ActScheme = "dynamic",
+        dialect: Dialect = "u8u8",
         act_absmax: float | None = None,
         weights: list[torch.Tensor] | None = None,
     ) -> "W8A8Linear":
@@ -181,8 +180,8 @@ class W8A8Linear(nn.Module):
 def quantize_model(
     hf_model,
     absmax: dict[str, torch.Tensor] | None,
-    act_scheme: str = "dynamic",
-    dialect: str = "u8u8",
+    act_scheme: ActScheme = "dynamic",
+    dialect: Dialect = "u8u8",
     smooth_alpha: float | None = None,
     kv_dtype: torch.dtype = torch.float32,
     compute_dtype: torch.dtype = torch.float32,

@@ -1,0 +1,82 @@
+"""What one build is asked to do: the typed, frozen `BuildConfig`, checked once when it is made.
+
+No torch here, so the CLI can take its option choices from the same definitions cheaply.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, get_args
+
+from board.manifest import ACT_SCHEMES, CHAT_TEMPLATES, QUANT_SCHEMES, ActScheme, Dialect, QuantScheme
+from host.errors import InputError
+
+Target = Literal["ort", "ascend"]
+KVDtype = Literal["fp32", "fp16"]
+TARGETS: dict[Target, Dialect] = {"ort": "u8u8", "ascend": "s8s8"}  # target -> W8A8 graph dialect (host/quantize.py)
+KV_DTYPES: tuple = get_args(KVDtype)
+# What each target computes activations in unless --compute says otherwise: the NPU runs fp16 on
+# its AI Cores (fp32 ops fall back to the AI CPU). Its opset is the lowest that expresses the graph.
+DEFAULT_COMPUTE: dict[Target, KVDtype] = {"ort": "fp32", "ascend": "fp16"}
+MIN_EVAL_TOKENS = 8  # the greedy check's prompt comes from the held-out text
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything one build needs; a bad value is an InputError (saying how to fix it) at construction."""
+
+    model: str
+    out: Path
+    calib: Path | None = None
+    tokenizer: str | None = None
+    quant: QuantScheme = "w8a8"
+    smooth: float | None = None  # SmoothQuant alpha; None: no smoothing
+    act_scheme: ActScheme = "dynamic"
+    kv_len: int = 256
+    prefill_chunks: tuple = (1, 16, 64)  # normalized: sorted, unique, always with 1
+    dtype: KVDtype = "fp32"  # dtype of the KV cache tensors (past/present); compute stays float32
+    target: Target = "ort"
+    compute: KVDtype | None = None  # activations, norms, attention; None: DEFAULT_COMPUTE[target]
+    opset: int | None = None  # ai.onnx opset; None: 17 for ort, the lowest that expresses the graph for ascend
+    calib_samples: int = 16
+    calib_seq_len: int = 128
+    eval_tokens: int = 512  # held-out tokens (tail of --calib) for perplexity
+    chat_template: str | None = None  # None: detected from the tokenizer's config
+    name: str | None = None
+
+    def __post_init__(self):
+        from host.export import MAX_OPSET, MIN_OPSET, OPSET  # the exporter's range (torch: imported only here)
+
+        checks = [
+            (self.quant in QUANT_SCHEMES, f"--quant {self.quant!r}: use one of {', '.join(QUANT_SCHEMES)}"),
+            (self.act_scheme in ACT_SCHEMES, f"--act-scheme {self.act_scheme!r}: use one of {', '.join(ACT_SCHEMES)}"),
+            (self.target in TARGETS, f"--target {self.target!r}: use one of {', '.join(TARGETS)}"),
+            (self.dtype in KV_DTYPES, f"--dtype {self.dtype!r}: use one of {', '.join(KV_DTYPES)}"),
+            (self.compute in (None, *KV_DTYPES), f"--compute {self.compute!r}: use one of {', '.join(KV_DTYPES)}"),
+            (self.opset is None or MIN_OPSET <= self.opset <= MAX_OPSET,
+             f"--opset {self.opset}: use {MIN_OPSET} (the lowest that expresses the graph) to {MAX_OPSET} (ATC's documented top)"),
+            (self.smooth is None or 0.0 <= self.smooth <= 1.0, f"--smooth {self.smooth}: SmoothQuant alpha is in [0, 1], e.g. 0.5"),
+            (self.smooth is None or self.quant == "w8a8", "--smooth only applies to --quant w8a8"),
+            (self.kv_len >= 2, f"--kv-len {self.kv_len}: give at least 2 KV slots (e.g. 256)"),
+            (self.calib_samples >= 1, f"--calib-samples {self.calib_samples}: give at least 1"),
+            (self.calib_seq_len >= 8, f"--calib-seq-len {self.calib_seq_len}: give at least 8"),
+            (self.eval_tokens >= MIN_EVAL_TOKENS, f"--eval-tokens {self.eval_tokens}: give at least {MIN_EVAL_TOKENS} "
+                                                  "held-out tokens (e.g. 512) to measure perplexity on"),
+            (self.chat_template is None or self.chat_template in CHAT_TEMPLATES,
+             f"--chat-template {self.chat_template!r}: use one of {', '.join(CHAT_TEMPLATES)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+        chunks = tuple(sorted({1, *(int(c) for c in self.prefill_chunks)}))
+        if chunks[0] < 1 or chunks[-1] > self.kv_len:
+            raise InputError(f"--prefill-chunks {list(chunks)}: each chunk must be in 1..--kv-len ({self.kv_len})")
+        # frozen: the normalized forms are set once, here
+        object.__setattr__(self, "prefill_chunks", chunks)
+        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "compute", self.compute or DEFAULT_COMPUTE.get(self.target, "fp32"))
+        object.__setattr__(self, "opset", self.opset or (MIN_OPSET if self.target == "ascend" else OPSET))
+
+    @property
+    def dialect(self) -> Dialect:
+        return TARGETS[self.target]
