@@ -6,7 +6,7 @@ positions were never trained) and, at absurd values, exhaust memory: a 1e9-slot 
 """
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 from host.buildconfig import BuildConfig
 from host.errors import InputError
@@ -22,15 +22,9 @@ _DTYPE_BYTES = {"fp32": 4, "fp16": 2}
 def available_memory() -> int | None:
     """Bytes the kernel says can be allocated without swapping (Linux MemAvailable), or None if unknown."""
     try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
         return None
 
 
