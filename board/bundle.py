@@ -58,13 +58,17 @@ def member_path(root: Path, name: str, size: int | None = None) -> Path:
 class Bundle:
     path: Path
     manifest: Manifest
-    tokenizer: Tokenizer | None
+    tokenizer: Tokenizer
 
     def file(self, name: str) -> Path:
-        """A file the board is about to open: listed in the manifest and inside the bundle, or BundleError."""
-        if name not in self.manifest.files:
-            raise BundleError(f"{self.path / MANIFEST_NAME}: {name!r} is not listed in `files`; rebuild the bundle")
-        return member_path(self.path, name, self.manifest.files[name].size)
+        return listed_file(self.path, self.manifest, name)
+
+
+def listed_file(root: Path, manifest: Manifest, name: str) -> Path:
+    """A file the board is about to open: listed in the manifest and inside the bundle, or BundleError."""
+    if name not in manifest.files:
+        raise BundleError(f"{Path(root) / MANIFEST_NAME}: {name!r} is not listed in `files`; rebuild the bundle")
+    return member_path(root, name, manifest.files[name].size)
 
 
 def open_bundle(path: Path | str, verify: bool = True) -> Bundle:
@@ -75,8 +79,7 @@ def open_bundle(path: Path | str, verify: bool = True) -> Bundle:
     if not path.is_dir():
         raise BundleError(f"{path}: not a directory; pass --bundle DIR (a directory with manifest.json)")
     manifest = load_manifest(path, verify=verify)
-    bundle = Bundle(path=path, manifest=manifest, tokenizer=None)
-    tok_path = bundle.file(manifest.tokenizer)
+    tok_path = listed_file(path, manifest, manifest.tokenizer)
     if not tok_path.is_file():
         raise BundleError(f"{tok_path}: tokenizer missing; rebuild the bundle")
     return Bundle(path=path, manifest=manifest, tokenizer=Tokenizer(tok_path, manifest.tokens))

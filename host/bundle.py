@@ -34,7 +34,7 @@ TOKENIZER_NAME = "tokenizer.json"
 
 
 # Errors of writing the bundle that the user fixes by freeing space or choosing another --out
-WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST}
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
 
 
 def _out_error(out: Path, e: OSError) -> InputError:
