@@ -43,7 +43,8 @@ def member_path(root: Path, name: str, size: int | None = None) -> Path:
     for part in name.split("/"):
         path = path / part
         if path.is_symlink():
-            raise BundleError(f"{path}: a symlink inside the bundle (the board opens only plain files); rebuild the bundle")
+            raise BundleError(f"{path}: a symlink inside the bundle (a bundle holds files, never links); "
+                              "put the file itself there (cp --dereference) or rebuild the bundle")
     if path.exists() and not path.is_file():
         raise BundleError(f"{path}: not a regular file; rebuild the bundle")
     if size is not None and path.is_file() and path.stat().st_size != size:

@@ -210,9 +210,10 @@ def _check_ranges(m: Manifest, where: str) -> None:
     for ok, message in checks:
         if not ok:
             raise BundleError(f"{where}: {message}; rebuild the bundle")
-    for name in (m.tokenizer, g.onnx, g.om):
+    for what, name in (("tokenizer", m.tokenizer), ("graph.onnx", g.onnx), ("graph.om", g.om)):
         if name is not None and name not in m.files:
-            raise BundleError(f"{where}: {name!r} is used but not listed in `files` (unverified); rebuild the bundle")
+            raise BundleError(f"{where}: {what} {name!r} is not listed in `files`, so the board would open it "
+                              "unverified; rebuild the bundle")
 
 
 def _expect(value, kind: type, what: str, where: str):

@@ -10,10 +10,12 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from board.bundle import member_path, name_problem
 from board.manifest import MANIFEST_NAME, BundleError, Manifest, load_manifest, read_manifest, sha256_file
 
 BOARD_PACKAGE = Path(__file__).resolve().parents[1] / "board"
 RELEASE_RECORD = ".release.json"  # the board writes its own record under this name (deploy/onboard/store.py)
+RESERVED = ("board", MANIFEST_NAME, RELEASE_RECORD)  # first path parts a bundle file may not have in a release
 ID_LENGTH = 16  # hex digits of the content hash: collisions are not a practical concern
 
 
@@ -66,23 +68,17 @@ def _board_code() -> dict:
 
 
 def check_rule(bundle_dir: Path, manifest: Manifest) -> None:
-    """BundleError for the first file that breaks the integrity rule or would clash in a release."""
+    """BundleError for the first file that breaks the integrity rule (board.bundle) or would clash in a release.
+
+    That every file the board opens is listed in `files` is checked by reading the manifest.
+    """
     where = bundle_dir / MANIFEST_NAME
     for name in manifest.files:
-        path = PurePosixPath(name)
-        if path.is_absolute() or ".." in path.parts or path.parts[0] in ("board", MANIFEST_NAME, RELEASE_RECORD):
-            raise BundleError(f"{where}: file name {name!r} would escape or clash in a release; rebuild")
-    for what, name in (("tokenizer", manifest.tokenizer), ("graph.onnx", manifest.graph.onnx), ("graph.om", manifest.graph.om)):
-        if name is not None and name not in manifest.files:
-            raise BundleError(f"{where}: {what} {name!r} is not listed in `files`, so the board would open it "
-                              f"unverified; rebuild the bundle")
+        problem = name_problem(name) or (PurePosixPath(name).parts[0] in RESERVED and "is reserved in a release")
+        if problem:
+            raise BundleError(f"{where}: file name {name!r} would escape or clash in a release ({problem}); rebuild")
     for name in (MANIFEST_NAME, *manifest.files):
-        path = bundle_dir
-        for part in PurePosixPath(name).parts:
-            path = path / part
-            if path.is_symlink():
-                raise BundleError(f"{path}: a symlink inside the bundle (deploy sends files, never links); "
-                                  f"put the file itself there (cp --dereference) or rebuild the bundle")
+        member_path(bundle_dir, name)  # no symlink on the way: deploy sends files, never links
 
 
 def collect(bundle_dir: Path, verify: bool = True) -> Payload:

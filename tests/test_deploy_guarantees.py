@@ -102,8 +102,8 @@ def test_a_symlink_inside_the_bundle_is_refused_not_followed(inventory, board_di
     (bundle / "tokenizer.json").symlink_to(secret)
     r = fab(inventory, "deploy", "--bundle", str(bundle))
     assert r.returncode == 2
-    assert one_line(r.stderr) == (f"refusing to deploy: {bundle / 'tokenizer.json'}: a symlink inside the bundle (deploy "
-                                  f"sends files, never links); put the file itself there (cp --dereference) or rebuild the bundle")
+    assert one_line(r.stderr) == (f"refusing to deploy: {bundle / 'tokenizer.json'}: a symlink inside the bundle (a bundle "
+                                  f"holds files, never links); put the file itself there (cp --dereference) or rebuild the bundle")
     assert not board_dir.exists()
 
 
