@@ -277,7 +277,9 @@ def save_tokenizer(bundle: TokenizerBundle, path: Path) -> Path:
 
 def check_vocab(bundle: TokenizerBundle, model_vocab_size: int, model_path) -> None:
     """InputError unless every token id the tokenizer can produce has a row in the model."""
-    ids = (bundle.vocab_size - 1, bundle.bos_id, bundle.eos_id, bundle.pad_id)
+    # the largest id, not the count: an added token may sit far past the others
+    top = max(bundle.tokenizer.get_vocab(with_added_tokens=True).values(), default=bundle.vocab_size - 1)
+    ids = (top, bundle.vocab_size - 1, bundle.bos_id, bundle.eos_id, bundle.pad_id)
     # Embeddings are often padded past the tokenizer (e.g. to a multiple of 64); more is a mismatch.
     if max(ids) >= model_vocab_size or model_vocab_size - bundle.vocab_size >= 256:
         raise InputError(

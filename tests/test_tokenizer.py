@@ -232,3 +232,16 @@ def test_tokenizer_that_does_not_fit_the_model_vocab_is_refused(tok512, llama2):
         check_vocab(llama2, 512, "stories260K.bin")
     check_vocab(tok512, 512, "m.bin")
     check_vocab(llama2, 32064, "padded")  # embeddings padded to a multiple of 64 still fit
+
+
+def test_a_tokenizer_with_an_id_past_the_model_vocab_is_refused_though_it_has_few_tokens(tok512):
+    from dataclasses import replace
+
+    from tokenizers import models
+
+    # 400 tokens, but one of them is id 600: a 512-row model has no row for it
+    vocab = {f"t{i}": i for i in range(399)} | {"<far>": 600}
+    sparse = replace(tok512, tokenizer=Tokenizer(models.WordLevel(vocab, unk_token="t0")), vocab_size=400,
+                     bos_id=1, eos_id=2, pad_id=2)
+    with pytest.raises(InputError, match="has 400 tokens but model m.bin has a vocabulary of 512"):
+        check_vocab(sparse, 512, "m.bin")
