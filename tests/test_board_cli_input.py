@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import board.__main__ as cli
-from conftest import ROOT
+from tests.support.paths import ROOT
 
 
 def board(*args, stdin=b""):

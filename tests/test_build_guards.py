@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bundles import build_test_bundle, make_model, make_tokenizer_bundle, sample_text
-from conftest import ROOT, STORIES_BIN, TINYSTORIES_TEXT, need
+from tests.support.bundles import build_test_bundle, make_model, make_tokenizer_bundle, sample_text
+from tests.support.paths import ROOT, STORIES_BIN, TINYSTORIES_TEXT, need
 from host.__main__ import main
 from host.build import BuildConfig, build_from_model, check_perplexity, sigint_deferred
 from host.bundle import clean_stale
@@ -118,8 +118,8 @@ def test_an_absurd_perplexity_fails_the_build_and_writes_nothing(tmp_path):
 
 SIGINT_IN_IMPORT = """
 import builtins, os, signal, sys, threading
-sys.path.insert(0, "tests")
-from bundles import build_test_bundle
+
+from tests.support.bundles import build_test_bundle
 real = builtins.__import__
 def hooked(name, *args, **kwargs):
     if name == "onnxruntime" and "onnxruntime" not in sys.modules:
