@@ -2,9 +2,28 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 
 from host.errors import BuildError, InputError
+
+
+@contextmanager
+def sigint_deferred():
+    """Hold a Ctrl-C until the block ends: one landing inside a C extension's import surfaces as a bogus ImportError."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 # --- build (owner: host pipeline) -------------------------------------------------------
@@ -42,7 +61,8 @@ def _add_build(sub) -> None:
 def _run_build(args) -> int:
     import json
 
-    from host.build import BuildConfig, build
+    with sigint_deferred():  # torch, onnx and onnxruntime load here
+        from host.build import BuildConfig, build
 
     try:
         chunks = [int(c) for c in args.prefill_chunks.split(",") if c.strip()]

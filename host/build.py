@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -52,22 +50,6 @@ def stage(name: str, timings: dict, detail: str = ""):
     yield
     timings[name] = round(time.perf_counter() - start, 3)
     print(f"build: {name} done in {timings[name]:.1f} s", file=sys.stderr, flush=True)
-
-
-@contextmanager
-def sigint_deferred():
-    """Hold a Ctrl-C until the block ends: one landing inside a C extension's import surfaces as a bogus ImportError."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught = []
-    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        raise KeyboardInterrupt
 
 
 def check_perplexity(perplexity: dict, vocab_size: int) -> None:
@@ -158,8 +140,6 @@ def build_from_model(hf_model, tok, text: str, config: BuildConfig, info: dict, 
             exported = export_onnx(graph_model, stage_dir, config.kv_len, opset=config.opset)
         tok.tokenizer.save(str(stage_dir / TOKENIZER_NAME))
         graph = graph_record(graph_model, config.kv_len, config.prefill_chunks, exported, str(compute).split(".")[-1])
-        with sigint_deferred():
-            import onnxruntime  # noqa: F401  (here, so a Ctrl-C cannot land inside its import: see sigint_deferred)
         with stage("verify", timings, f"onnxruntime vs PyTorch; perplexity on {len(split.heldout)} held-out chunks"):
             verification = verify_graph(stage_dir, graph, graph_model, reference, split.heldout, config.quant)
         check_perplexity(verification["perplexity"], reference.arch.vocab_size)
