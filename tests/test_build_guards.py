@@ -107,7 +107,7 @@ def test_an_absurd_perplexity_fails_the_build_and_writes_nothing(tmp_path):
     loaded = load_model(str(need(STORIES_BIN)))
     config = BuildConfig(model="m", out=tmp_path / "b", quant="none", kv_len=64, calib_samples=2, calib_seq_len=32,
                          eval_tokens=64, prefill_chunks=[1, 16])
-    with pytest.raises(BuildError, match=r"perplexity of the fp32 model .* above 2048 \(4 x vocab_size"):
+    with pytest.raises(BuildError, match=r"perplexity of the fp32 model .* above 51200 \(100 x vocab_size"):
         build_from_model(loaded.model, make_tokenizer_bundle(400), sample_text(), config, {"name": "m"})
     assert list(tmp_path.iterdir()) == []
     for bad in (math.nan, math.inf):
