@@ -1,11 +1,12 @@
 """Time and profile one decode step of a bundle's ONNX graph on onnxruntime CPU.
 
-Builds its own session (so session options can be compared without touching board/), feeds a
-single token after `--filled` occupied KV slots, and reports the median step time. With
+Runs the board's own runtime (board.engine on the onnxruntime backend, IOBinding and KV cache as on
+the board) with the session knobs under test applied on top, feeds one token at a time after
+`--filled` tokens, and reports the median step time. With
 `--profile`, onnxruntime's profiler attributes the step to operator types and to the slowest
 nodes. Prints JSON.
 Run: python bench/profile_decode.py BUNDLE [--threads 2] [--opt all|extended|basic|none]
-     [--spin 1] [--iobinding 1] [--filled 64] [--steps 50] [--profile]
+     [--spin 1] [--filled 64] [--steps 50] [--profile]
 """
 from __future__ import annotations
 
@@ -21,66 +22,35 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from board.backends.ort import OrtBackend
+from board.bundle import open_bundle
+from board.engine import Engine
+
 OPT_LEVELS = {
     "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-_NP_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
-def session_options(threads: int, opt: str, spin: bool, profile_dir: str | None, disabled: list[str]):
-    """SessionOptions as a board would set them, with the knobs under test exposed."""
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = OPT_LEVELS[opt]
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.inter_op_num_threads = 1
-    opts.intra_op_num_threads = threads
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    opts.log_severity_level = 3
-    if profile_dir:
-        opts.enable_profiling = True
-        opts.profile_file_prefix = os.path.join(profile_dir, "decode")
-    return opts, disabled or None
+def tuner(opt: str, profile_dir: str | None, save_optimized: Path | None):
+    """The knobs under test, applied on top of the board's own session options."""
+    def tune(opts):
+        opts.graph_optimization_level = OPT_LEVELS[opt]
+        if profile_dir:
+            opts.enable_profiling = True
+            opts.profile_file_prefix = os.path.join(profile_dir, "decode")
+        if save_optimized:
+            opts.optimized_model_filepath = str(save_optimized)
+    return tune
 
 
-def decode_feeds(manifest: dict, filled: int) -> dict[str, np.ndarray]:
-    """Inputs of a one-token step after `filled` occupied slots of the fixed KV cache."""
-    a, g = manifest["arch"], manifest["graph"]
-    kv_len = g["kv_len"]
-    shape = (a["num_layers"], 2, 1, a["num_kv_heads"], kv_len, a["head_dim"])
-    mask = np.zeros((1, kv_len + 1), np.int64)
-    mask[0, :filled] = 1
-    mask[0, kv_len] = 1
+def decode_runner(engine: Engine, filled: int):
+    """A no-argument function feeding one token after `filled` tokens are in the board's KV cache."""
     rng = np.random.default_rng(0)
-    return {
-        "input_ids": np.array([[42]], np.int64),
-        "attention_mask": mask,
-        "position_ids": np.array([[filled]], np.int64),
-        "past_key_values": rng.standard_normal(shape).astype(_NP_DTYPES[g["kv_dtype"]]),
-    }
-
-
-def step_runner(session, feeds: dict[str, np.ndarray], iobinding: bool):
-    """A no-argument function running one step; with IOBinding, inputs and outputs are bound once."""
-    if not iobinding:
-        return lambda: session.run(None, feeds)
-    binding = session.io_binding()
-    for name, arr in feeds.items():
-        binding.bind_input(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
-    outputs = {}
-    for out in session.get_outputs():
-        shape = [1 if isinstance(d, str) else d for d in out.shape]
-        dtype = np.float32 if "float)" in out.type else np.float16
-        outputs[out.name] = np.empty(shape, dtype)
-        arr = outputs[out.name]
-        binding.bind_output(out.name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
-    def run():  # keeps feeds and outputs alive: the binding holds raw pointers into them
-        session.run_with_iobinding(binding)
-        return feeds, outputs
-
-    return run
+    engine.feed(rng.integers(3, engine.backend.vocab_size, filled).tolist())
+    return lambda: engine.feed([42])
 
 
 def time_steps(run, steps: int, warmup: int = 3) -> list[float]:
@@ -126,30 +96,29 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--opt", choices=list(OPT_LEVELS), default="all")
     parser.add_argument("--spin", type=int, default=1)
-    parser.add_argument("--iobinding", type=int, default=1)
     parser.add_argument("--filled", type=int, default=64, help="occupied KV slots before the step")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--disable", nargs="*", default=[], help="onnxruntime optimizer names to disable")
     parser.add_argument("--save-optimized", type=Path, help="write the optimized graph here")
     args = parser.parse_args()
-    manifest = json.loads((args.bundle / "manifest.json").read_text())
+    bundle = open_bundle(args.bundle)
+    m = bundle.manifest
+    if args.filled + args.steps + 3 > m.graph.kv_len:
+        parser.error(f"--filled + --steps must stay below kv_len {m.graph.kv_len} (no eviction while timing)")
     with tempfile.TemporaryDirectory() as tmp:
-        opts, disabled = session_options(args.threads, args.opt, bool(args.spin), tmp if args.profile else None, args.disable)
-        if args.save_optimized:
-            opts.optimized_model_filepath = str(args.save_optimized)
-        session = ort.InferenceSession(str(args.bundle / manifest["graph"]["onnx"]), opts,
-                                       providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
-        run = step_runner(session, decode_feeds(manifest, args.filled), bool(args.iobinding))
-        times = time_steps(run, args.steps)
+        backend = OrtBackend(bundle.file(m.graph.onnx), m.graph, m.arch.vocab_size, threads=args.threads,
+                             spin=bool(args.spin), tune=tuner(args.opt, tmp if args.profile else None, args.save_optimized),
+                             disabled_optimizers=args.disable)
+        times = time_steps(decode_runner(Engine(backend, m.arch, m.graph), args.filled), args.steps)
         result = {
             "bundle": str(args.bundle), "threads": args.threads, "opt": args.opt, "spin": args.spin,
-            "iobinding": args.iobinding, "filled": args.filled, "kv_len": manifest["graph"]["kv_len"],
+            "filled": args.filled, "kv_len": m.graph.kv_len,
             "decode_ms_median": round(statistics.median(times) * 1000, 3),
             "decode_ms_min": round(min(times) * 1000, 3),
         }
         if args.profile:
-            result["profile"] = summarize_profile(session.end_profiling(), args.steps + 3)
+            result["profile"] = summarize_profile(backend.session.end_profiling(), args.steps + 3)
     print(json.dumps(result, indent=1))
 
 

@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -25,13 +26,9 @@ PROMPT = "Once upon a time there was a little girl"
 
 
 def full_forward(backend, manifest, ids):
-    """Logits [n, V] of the whole sequence in one call with an all-empty cache: the no-cache reference."""
-    a, g = manifest.arch, manifest.graph
-    n = len(ids)
-    past = np.zeros((a.num_layers, 2, 1, a.num_kv_heads, g.kv_len, a.head_dim), dtype=g.kv_dtype)
-    mask = np.concatenate([np.zeros(g.kv_len, np.int64), np.ones(n, np.int64)])[None]
-    logits, _ = backend.forward(np.array([ids], np.int64), mask, np.arange(n, dtype=np.int64)[None], past)
-    return logits[0].copy()
+    """Logits [n, V] of the whole sequence in one step from an empty cache: the no-cache reference."""
+    graph = replace(manifest.graph, prefill_chunks=[1, len(ids)])
+    return Engine(backend, manifest.arch, graph).feed(ids, all_logits=True)
 
 
 def greedy_by_recompute(backend, manifest, ids, steps):

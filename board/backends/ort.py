@@ -16,7 +16,9 @@ from board.manifest import BundleError, Graph
 class OrtBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, onnx_path: Path, graph: Graph, vocab_size: int, threads: int | None = None, spin: bool = True):
+    def __init__(self, onnx_path: Path, graph: Graph, vocab_size: int, threads: int | None = None, spin: bool = True,
+                 tune=None, disabled_optimizers: list | None = None):
+        """`tune(options)` may change the SessionOptions last (bench/profile_decode.py compares them)."""
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -26,8 +28,11 @@ class OrtBackend(Backend):
         # idle worker threads spin for the next op: faster on free cores, slower when cores are shared
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         opts.log_severity_level = 3  # keep onnxruntime's optimizer warnings off the chat screen
+        if tune:
+            tune(opts)
         try:
-            self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"],
+                                                disabled_optimizers=disabled_optimizers or None)
         except Exception as e:  # onnxruntime raises its own exception types for bad/missing files
             raise BundleError(f"{onnx_path}: onnxruntime cannot load it ({e}); rebuild the bundle") from None
         names = {i.name for i in self.session.get_inputs()}
