@@ -1,5 +1,6 @@
-"""Load a Llama-family model for the build: a Hugging Face checkpoint directory, a hub id (when
-online), or a llama2.c `.bin` checkpoint; always a fp32 eval-mode `LlamaForCausalLM`.
+"""Load a model of a supported family (host.families) for the build: a Hugging Face checkpoint
+directory, a hub id (when online), or a llama2.c `.bin` checkpoint; always a fp32 eval-mode
+`*ForCausalLM` of transformers.
 
 Also reads the architecture numbers the manifest records (`arch_numbers`).
 """
@@ -11,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from host.errors import InputError
+from host.families import family_of
 
-LLAMA_MODEL_TYPES = ("llama",)
-LLAMA_ARCHITECTURES = ("LlamaForCausalLM",)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 FILE_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".json", ".model", ".gguf")
 HUB_FILES = ["*.json", "*.jinja", "tokenizer.model"]
@@ -21,7 +21,7 @@ HUB_FILES = ["*.json", "*.jinja", "tokenizer.model"]
 
 @dataclass
 class LoadedModel:
-    model: object  # transformers LlamaForCausalLM, fp32, eval mode
+    model: object  # transformers LlamaForCausalLM or Qwen2ForCausalLM, fp32, eval mode
     name: str
     source: str  # what was asked for: a resolved path or a hub id
     model_dir: Path | None  # the checkpoint's directory: where its tokenizer is looked for
@@ -58,7 +58,7 @@ def load_llama2c(path: Path):
 
 # --- Hugging Face -----------------------------------------------------------------------------
 def read_config_json(directory: Path) -> dict:
-    """config.json of a checkpoint directory, checked to be a Llama-family causal LM."""
+    """config.json of a checkpoint directory, checked to be of a supported family (host.families)."""
     path = directory / "config.json"
     if not path.is_file():
         raise InputError(f"{directory}: no config.json; pass a Hugging Face checkpoint directory or a llama2.c .bin")
@@ -66,12 +66,7 @@ def read_config_json(directory: Path) -> dict:
         config = json.loads(path.read_text())
     except ValueError as e:
         raise InputError(f"{path}: not valid JSON ({e}); re-download the checkpoint") from None
-    model_type, archs = config.get("model_type"), config.get("architectures") or list(LLAMA_ARCHITECTURES)
-    if model_type not in LLAMA_MODEL_TYPES or not set(archs) & set(LLAMA_ARCHITECTURES):
-        raise InputError(
-            f"{path}: unsupported architecture (model_type {model_type!r}, architectures {archs}); "
-            f"edge-llm builds Llama-family models ({', '.join(LLAMA_ARCHITECTURES)}) only"
-        )
+    family_of(config.get("model_type"), config.get("architectures"), str(path))
     return config
 
 
@@ -83,16 +78,16 @@ def weight_files(directory: Path) -> list[Path]:
 
 
 def load_hf_dir(directory: Path):
-    """LlamaForCausalLM in fp32 from a checkpoint directory; refuses one with missing weights."""
+    """The family's *ForCausalLM in fp32 from a checkpoint directory; refuses one with missing weights."""
     import torch
     from safetensors import SafetensorError
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     read_config_json(directory)
     weight_files(directory)
     try:
         # transformers 5 loads shard by shard onto meta-initialised modules: peak ~ one fp32 copy
-        model, info = LlamaForCausalLM.from_pretrained(directory, dtype=torch.float32, output_loading_info=True)
+        model, info = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, output_loading_info=True)
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:
         raise InputError(f"{directory}: cannot load the checkpoint ({_first_line(e)}); re-download it") from None
     if info.get("missing_keys") or info.get("mismatched_keys"):

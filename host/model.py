@@ -24,6 +24,7 @@ from torch import nn
 
 from board.manifest import Arch
 from host.errors import InputError
+from host.families import check_config, family_of
 from host.load import arch_numbers
 
 # Projection names of one decoder layer, in the order Hugging Face Llama applies them.
@@ -149,14 +150,12 @@ class EdgeLlama(nn.Module):
     def __init__(self, hf_model, kv_dtype: torch.dtype = torch.float32):
         super().__init__()
         config = hf_model.config
-        if type(hf_model).__name__ != "LlamaForCausalLM":
-            raise InputError(f"unsupported architecture {type(hf_model).__name__}; only LlamaForCausalLM is supported")
+        family_of(getattr(config, "model_type", None), [type(hf_model).__name__], "the model")
+        check_config(config, "the model config")
         rotary = hf_model.model.rotary_emb
         rope_type = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
         if rope_type in _DYNAMIC_ROPE_TYPES:
             raise InputError(f"rope_type {rope_type!r} depends on the sequence length; it cannot be exported")
-        if getattr(config, "hidden_act", "silu") != "silu":
-            raise InputError(f"hidden_act {config.hidden_act!r} is not supported (Llama uses silu)")
         self.arch = arch_from_config(config)
         self.kv_dtype = kv_dtype
         self.compute_dtype = torch.float32  # activations, norms, attention; see `use_compute_dtype`
@@ -165,6 +164,7 @@ class EdgeLlama(nn.Module):
         self.blocks = nn.ModuleList(Block(layer, self.arch) for layer in inner.layers)
         self.norm = RMSNorm(inner.norm.weight, self.arch.rms_norm_eps)
         self.lm_head = hf_model.lm_head
+        self.tied = hf_model.lm_head.weight is inner.embed_tokens.weight  # tie_word_embeddings
         self.register_buffer("inv_freq", rotary.inv_freq.detach().float().clone(), persistent=False)
         self.attention_scaling = float(getattr(rotary, "attention_scaling", 1.0))
 
@@ -216,6 +216,13 @@ class EdgeLlama(nn.Module):
         mask = (~torch.cat((cache, new), dim=-1)).float() * MASK_VALUE  # [S,KV+S]
         return mask.repeat(self.arch.num_heads // self.arch.num_kv_heads, 1)
 
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits [1,S,V]; a float tied head reads the embedding table itself (table @ h^T), because
+        h @ table^T would make the exporter fold a transposed second copy of the table."""
+        if self.tied and isinstance(self.lm_head, nn.Linear):
+            return torch.matmul(self.lm_head.weight, h[0].t()).t()[None]
+        return self.lm_head(h)
+
     def forward(self, input_ids, attention_mask, position_ids, past_key_values):
         kv_len = past_key_values.shape[4]
         assert input_ids.shape[0] == 1 and attention_mask.shape[-1] == kv_len + input_ids.shape[-1], (
@@ -233,7 +240,7 @@ class EdgeLlama(nn.Module):
             past_v = _cast(values[2 * i + 1].view(keys.shape[1:]), dtype)
             x, k, v = block(x, cos, sin, mask, past_k, past_v)
             presents += (k, v)
-        logits = _cast(self.lm_head(self.norm(x)), torch.float32)
+        logits = _cast(self._head(self.norm(x)), torch.float32)
         present = torch.stack(presents).view(past_key_values.shape[:4] + (-1, self.arch.head_dim))
         return logits, _cast(present, self.kv_dtype)
 

@@ -190,13 +190,15 @@ def quantize_model(
 
     Every projection of every layer and lm_head becomes a W8A8Linear; projections that read the
     same input become one (FUSED_PROJECTIONS: `qkv_proj`, `gate_up_proj`), which computes the same
-    numbers with fewer graph nodes. The quantized model shares only the embedding with `hf_model`.
+    numbers with fewer graph nodes; the embedding becomes int8 per row (host/embedding.py).
     With `smooth_alpha`, each smoothed norm gets a new weight and the smoothed float weights exist
     one layer at a time, so peak memory stays near fp32 model + int8 copy. `absmax` (from
     calibration) is needed for smoothing or static scales.
     """
     if (smooth_alpha is not None or act_scheme == "static") and absmax is None:
         raise ValueError("SmoothQuant and static activation scales need calibration statistics")
+    from host.embedding import quantize_embedding  # it builds on this module's quantizer
+
     model = EdgeLlama.from_hf(hf_model, kv_dtype)
     stats = absmax or {}
     fused = {p for names in FUSED_PROJECTIONS.values() for p in names}
@@ -214,6 +216,7 @@ def quantize_model(
             if p not in fused:
                 _swap(block, p, [getattr(block, p)], [weights[p]], [inputs[p]], act_scheme, dialect)
     _swap(model, "lm_head", [model.lm_head], [model.lm_head.weight], [stats.get("lm_head")], act_scheme, dialect)
+    quantize_embedding(model, model.tied)
     return model.use_compute_dtype(compute_dtype).eval()
 
 

@@ -208,10 +208,12 @@ def test_rope_theta_is_read_from_transformers4_style_config():
     assert arch_numbers(config)["rope_theta"] == 1234.0
 
 
-def test_non_llama_architecture_is_refused(tmp_path):
+def test_unsupported_architecture_is_refused_naming_it_and_the_supported_list(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
-    with pytest.raises(InputError, match=r"config\.json: unsupported architecture \(model_type 'gpt2'.*Llama-family"):
+    with pytest.raises(InputError) as e:
         load_model(str(tmp_path))
+    assert str(e.value) == (f"{tmp_path / 'config.json'}: unsupported architecture GPT2LMHeadModel; "
+                            "edge-llm builds LlamaForCausalLM, Qwen2ForCausalLM")
 
 
 def test_directory_without_config_is_refused(tmp_path):

@@ -124,7 +124,7 @@ def test_non_llama_model_is_refused():
 
     mistral = MistralForCausalLM(MistralConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                                num_attention_heads=4, num_key_value_heads=2))
-    with pytest.raises(InputError, match="unsupported architecture MistralForCausalLM"):
+    with pytest.raises(InputError, match="unsupported architecture MistralForCausalLM; edge-llm builds LlamaForCausalLM, Qwen2ForCausalLM"):
         EdgeLlama.from_hf(mistral)
 
 
