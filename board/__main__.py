@@ -85,15 +85,17 @@ def _run_chat(args) -> int:
 
 # --- generate ------------------------------------------------------------------------------
 def _run_generate(args) -> int:
-    from board.chat_template import render_opening
+    from board.chat_template import chat_ids, conversation, render_messages
     from board.generate import generate
 
     bundle = open_bundle(args.bundle, verify=not args.no_verify)
     cfg = _generate_config(args, bundle)
-    tok = bundle.tokenizer
+    tok, template = bundle.tokenizer, bundle.manifest.chat_template
     prompt = _text(args.prompt)
-    text = render_opening(bundle.manifest.chat_template, _text(args.system or ""), prompt) if args.chat else prompt
-    ids = tok.encode(text, bos=True)
+    if args.chat:
+        ids = chat_ids(tok, template, render_messages(template, conversation(_text(args.system or ""), [], prompt)))
+    else:
+        ids = tok.encode(prompt, bos=True)
     backend, engine = _engine(args, bundle)
     with backend:
         stream = None if args.json else (lambda piece: print(piece, end="", flush=True))
@@ -199,6 +201,7 @@ def _run_info(args) -> int:
         "kv_dtype": m.graph.kv_dtype,
         "prefill_chunks": m.graph.prefill_chunks,
         "chat_template": m.chat_template.name,
+        "chat_template_source": m.chat_template.source,
         "has_om": bool(m.graph.om),
         "files": {name: e.size for name, e in m.files.items()},
     }

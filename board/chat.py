@@ -1,8 +1,10 @@
 """Interactive chat: a multi-turn session on one KV cache, and the read-eval-print loop around it.
 
-Each turn feeds only the new text (the close of the last answer + the user turn). When the model's
-position range would run out, the history is re-encoded from scratch, trimmed to the newest turns
-that fit the KV window. Ctrl-C stops the current answer, not the session; /reset and /exit.
+Each turn renders the whole conversation with the bundle's chat template and feeds only the text
+past what the cache already holds; when the rendering no longer starts with that text (the
+template rewrote an earlier turn), or the model's position range would run out, the history is
+re-encoded from scratch, trimmed to the newest turns that fit the KV window. Ctrl-C stops the
+current answer, not the session; /reset and /exit.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from board.chat_template import render_conversation, render_followup, render_opening
+from board.chat_template import chat_ids, conversation, render_messages
 from board.engine import Engine
 from board.errors import BoardError
 from board.generate import GenerateConfig, GenerationResult, generate
@@ -29,7 +31,8 @@ class ChatSession:
     system: str = ""
     turns: list = field(default_factory=list)  # [(user, answer)]
     rebuilds: int = 0  # times the history was re-encoded (position range exhausted, or interrupted prefill)
-    _unfed: list = field(default_factory=list)
+    _unfed: list = field(default_factory=list)  # ids of the last answer not in the cache yet
+    _held: str = ""  # the rendered text the cache holds: last prompt and answer
     _dirty: bool = False  # the cache holds a half-fed prompt (interrupted prefill)
 
     def reset(self) -> None:
@@ -38,28 +41,32 @@ class ChatSession:
 
     def ask(self, user: str, on_text=None, on_notice=None) -> GenerationResult:
         """Answer one user message, streaming text to on_text; the turn is kept in the history."""
-        cfg = self.cfg
-        if self._dirty:
-            ids, cfg = self._rebuild(user, on_notice)
-        elif self.turns:
-            ids = self._unfed + self.tokenizer.encode(render_followup(self.template, user))
-        else:
-            self.engine.reset()
-            ids = self.tokenizer.encode(render_opening(self.template, self.system, user), bos=True)
-        if not self._dirty and len(ids) + cfg.max_new_tokens > self.engine.positions_left:
-            ids, cfg = self._rebuild(user, on_notice)
+        text = self._render(self.turns, user)
+        ids, cfg = (None if self._dirty else self._new_ids(text)), self.cfg
+        if ids is None or len(ids) + cfg.max_new_tokens > self.engine.positions_left:
+            ids, text, cfg = self._rebuild(user, on_notice)
         result = generate(self.engine, self.tokenizer, ids, cfg, self.rng, on_text)
         self._dirty = result.finish_reason == "interrupted" and not result.tokens
         if not self._dirty:
             self.turns.append((user, result.text))
-            self._unfed = result.unfed
+            self._unfed, self._held = result.unfed, text + result.text
         return result
 
-    def _encode(self, turns: list, user: str) -> list[int]:
-        pieces = render_conversation(self.template, self.system, turns, user)
-        return [i for n, piece in enumerate(pieces) for i in self.tokenizer.encode(piece, bos=n == 0)]
+    def _render(self, turns: list, user: str) -> str:
+        """The whole conversation (history, then the new message) with the generation prompt."""
+        return render_messages(self.template, conversation(self.system, turns, user))
 
-    def _rebuild(self, user: str, on_notice=None) -> tuple[list[int], GenerateConfig]:
+    def _new_ids(self, text: str) -> list[int] | None:
+        """Ids that bring the cache to `text`: the answer ids not yet fed, then the new suffix's;
+        None when `text` does not start with what the cache holds (the template rewrote the history)."""
+        if not self.turns:
+            self.engine.reset()
+            return chat_ids(self.tokenizer, self.template, text)
+        if len(text) <= len(self._held) or not text.startswith(self._held):
+            return None
+        return self._unfed + self.tokenizer.encode(text[len(self._held) :])
+
+    def _rebuild(self, user: str, on_notice=None) -> tuple[list[int], str, GenerateConfig]:
         """Reset the cache and encode the newest turns that fit the window beside the message and its answer.
 
         The user's message is never cut: when it and a full answer do not fit the KV window, the
@@ -68,7 +75,7 @@ class ChatSession:
         self.engine.reset()
         self.rebuilds += 1
         kv_len = self.engine.cache.kv_len
-        message = self._encode([], user)
+        message = chat_ids(self.tokenizer, self.template, self._render([], user))
         room = min(kv_len, self.engine.positions_left) - len(message)
         if room < 1:
             raise BoardError(
@@ -81,10 +88,13 @@ class ChatSession:
             (on_notice or (lambda text: None))(
                 f"[answer limited to {room} tokens so that your {len(message)}-token message fits the {kv_len}-token window]"
             )
-        start = next(s for s in range(len(self.turns) + 1)
-                     if s == len(self.turns) or len(self._encode(self.turns[s:], user)) + cfg.max_new_tokens <= kv_len)
+        for start in range(len(self.turns) + 1):
+            text = self._render(self.turns[start:], user)
+            ids = chat_ids(self.tokenizer, self.template, text)
+            if len(ids) + cfg.max_new_tokens <= kv_len:
+                break
         self.turns = self.turns[start:]
-        return self._encode(self.turns, user), cfg
+        return ids, text, cfg
 
 
 HELP = "/reset clears the conversation, /exit (or Ctrl-D) quits; Ctrl-C stops the current answer"

@@ -1,13 +1,15 @@
-"""Render a conversation with the manifest's chat template (rules: board.manifest.ChatTemplate).
+"""Render a conversation with the manifest's chat template: the model's own Jinja template when the
+bundle has one (board/jinja_template.py), else the built-in rules of board.manifest.ChatTemplate.
 
-Text pieces only; the caller tokenizes them. A conversation is rendered as an opening (system +
-first user turn + generation prompt) followed by one follow-up per later turn (the close of the
-previous assistant answer + the user turn + generation prompt), so a chat can feed the cache
-turn by turn, and the whole history renders to the same text when it must be re-encoded.
+`render_messages` gives the text of a whole conversation ([{"role", "content"}, ...]) and
+`chat_ids` its token ids; a chat feeds the cache only the ids past what it already holds. The
+rule-based pieces (an opening, then one follow-up per later turn) concatenate to the same text.
 """
 from __future__ import annotations
 
+from board.jinja_template import render_jinja
 from board.manifest import ChatTemplate
+from board.tokenizer import Tokenizer
 
 SLOT = "{content}"
 
@@ -21,8 +23,35 @@ def assistant_close(tpl: ChatTemplate) -> str:
     return tpl.assistant.split(SLOT, 1)[1] if SLOT in tpl.assistant else ""
 
 
+def conversation(system: str, turns: list[tuple[str, str]], user: str) -> list[dict]:
+    """Messages of a history [(user, answer), ...] and a new user message, with the system prompt if any."""
+    messages = [{"role": "system", "content": system}] if system else []
+    for question, answer in turns:
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return messages + [{"role": "user", "content": user}]
+
+
+def render_messages(tpl: ChatTemplate, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    """The text of a conversation that ends with a user message, as the model was trained to read it."""
+    if tpl.jinja:
+        return render_jinja(tpl.jinja, messages, add_generation_prompt, tpl.special_tokens)
+    system = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
+    rest = messages[1:] if system else messages
+    users, answers = [m["content"] for m in rest[0::2]], [m["content"] for m in rest[1::2]]
+    text = "".join(render_conversation(tpl, system, list(zip(users, answers)), users[-1]))
+    return text if add_generation_prompt else text[: len(text) - len(tpl.generation_prompt)]
+
+
+def chat_ids(tokenizer: Tokenizer, tpl: ChatTemplate, text: str) -> list[int]:
+    """Token ids of rendered chat text; BOS as the manifest says, unless the template wrote it already."""
+    bos = tpl.special_tokens.get("bos_token")
+    return tokenizer.encode(text, bos=not (bos and text.startswith(bos)))
+
+
 def render_opening(tpl: ChatTemplate, system: str, user: str) -> str:
     """System block (or Llama-2 in-user system prefix), the first user turn, the generation prompt."""
+    if tpl.jinja:
+        return render_messages(tpl, conversation(system, [], user))
     system = system or tpl.default_system
     text = ""
     if system and tpl.system:

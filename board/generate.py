@@ -1,6 +1,6 @@
 """The generation loop, written once: prefill the prompt, then sample, stream and feed token by token.
 
-Stops on an EOS id, a stop string (never shown), the token budget, the model's position range, or
+Stops on an EOS or end-of-turn id, a stop string (never shown), the token budget, the model's position range, or
 Ctrl-C (the partial answer is kept). Text streams through `on_text` in UTF-8-safe pieces.
 """
 from __future__ import annotations
@@ -66,7 +66,7 @@ def generate(
     on_text = on_text or (lambda piece: None)
     decoder = StreamDecoder(tokenizer.decode, context_ids=engine.fed[-4:] + list(prompt_ids)[-4:])
     stop = StopFilter(cfg.stop_strings)
-    eos = tokenizer.tokens.eos_id
+    stop_ids = {tokenizer.tokens.eos_id, *tokenizer.tokens.stop_ids}  # EOS, and the template's end of turn
     tokens: list[int] = []
     shown: list[str] = []
     finish = "length"
@@ -81,7 +81,7 @@ def generate(
                 finish = "interrupted"
                 break
             token = sample(logits, cfg.sampling, rng, history=engine.fed)
-            if token == eos:
+            if token in stop_ids:
                 finish = "eos"
                 break
             tokens.append(token)

@@ -88,13 +88,15 @@ class Tokens:
     pad_id: int
     add_bos: bool = True
     stop_strings: list = field(default_factory=list)  # the chat template's (ChatTemplate.stop_strings), for the runtime
+    stop_ids: list = field(default_factory=list)  # ids that end an answer besides eos_id (generation_config, end of turn)
 
 
 @dataclass(frozen=True)
 class ChatTemplate:
-    """Rules to render a conversation; `{content}` is replaced by the message text."""
+    """How to render a conversation: the model's own Jinja template when `jinja` is set (rendered as
+    transformers does, board/jinja_template.py), else these rules, where `{content}` is the message text."""
 
-    name: str  # "zephyr" | "llama2" | "chatml" | "none"
+    name: str  # "zephyr" | "llama2" | "chatml" | "none": the built-in rules (and stop strings) of its family
     system: str = ""  # rendered once before the first user turn
     system_in_user: str = ""  # or: prefixed to the first user message (Llama-2 style)
     user: str = "{content}"
@@ -102,6 +104,9 @@ class ChatTemplate:
     generation_prompt: str = ""
     default_system: str = ""
     stop_strings: list = field(default_factory=list)  # text that ends an answer beyond the EOS id (never shown)
+    jinja: str = ""  # the model's chat template (Jinja source); "" when it has none
+    source: str = "builtin"  # where it came from: tokenizer_config.json, chat_template.jinja, gguf, or builtin
+    special_tokens: dict = field(default_factory=dict)  # bos_token, eos_token, ... as the template sees them
 
 
 CHAT_TEMPLATES: dict[str, ChatTemplate] = {
@@ -205,6 +210,7 @@ def _check_ranges(m: Manifest, where: str) -> None:
         (m.quantization.scheme in QUANT_SCHEMES and m.quantization.dialect in (None, *DIALECTS), "unknown quantization"),
         (all(0 <= i < a.vocab_size for i in (m.tokens.bos_id, m.tokens.eos_id, m.tokens.pad_id)), "token ids outside the vocabulary"),
         (all(isinstance(s, str) for s in m.tokens.stop_strings), "tokens.stop_strings must be strings"),
+        (all(type(i) is int and 0 <= i < a.vocab_size for i in m.tokens.stop_ids), "tokens.stop_ids outside the vocabulary"),
         (all(e.size >= 0 and _SHA256.fullmatch(e.sha256) for e in m.files.values()), "files need a size >= 0 and a hex sha256"),
     ]
     for ok, message in checks:

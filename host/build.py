@@ -11,7 +11,7 @@ import math
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -20,6 +20,7 @@ from board.manifest import ACTIVATIONS, CHAT_TEMPLATES, Manifest, Quantization, 
 from host.buildconfig import BuildConfig
 from host.bundle import REPORT_NAME, TOKENIZER_NAME, check_out, staging, write_bundle_manifest
 from host.calibrate import collect_input_absmax, split_text, summarize
+from host.chat_source import ChatSource
 from host.errors import BuildError, InputError
 from host.export import export_onnx, graph_record
 from host.limits import check_sizes
@@ -106,7 +107,7 @@ def build(config: BuildConfig) -> BuildResult:
     with stage("load", timings):
         loaded = load_model(str(config.model))  # .model (fp32 LlamaForCausalLM), .name, .model_dir
         vocab = loaded.model.config.vocab_size
-        tok = load_tokenizer(config.tokenizer, loaded.model_dir, vocab)
+        tok = loaded.tokenizer if loaded.tokenizer and not config.tokenizer else load_tokenizer(config.tokenizer, loaded.model_dir, vocab)
         check_vocab(tok, vocab, config.model)
     info = {"name": config.name or loaded.name, "source": str(config.model), "tokenizer": tok.source}
     hf_model = loaded.model
@@ -135,6 +136,7 @@ def build_from_model(hf_model, tok, text: str, config: BuildConfig, info: dict, 
     quant = quantization_record(config, graph_model)
 
     template = config.chat_template or getattr(tok, "chat_template", None) or "none"
+    chat = tok.chat if config.chat_template is None else ChatSource()  # --chat-template: the built-in rules instead
     with staging(config.out) as stage_dir:
         with stage("export", timings):
             exported = export_onnx(graph_model, stage_dir, config.kv_len, opset=config.opset)
@@ -172,7 +174,9 @@ def build_from_model(hf_model, tok, text: str, config: BuildConfig, info: dict, 
                 pad_id=tok.pad_id,
                 add_bos=tok.add_bos,
                 stop_strings=list(CHAT_TEMPLATES[template].stop_strings),
+                stop_ids=list(tok.chat.stop_ids),
             ),
-            chat_template=CHAT_TEMPLATES[template],
+            chat_template=replace(CHAT_TEMPLATES[template], jinja=chat.jinja, source=chat.source,
+                                  special_tokens=chat.special_tokens),
         )
     return BuildResult(path=Path(config.out), manifest=manifest, report=report)

@@ -25,6 +25,7 @@ class LoadedModel:
     name: str
     source: str  # what was asked for: a resolved path or a hub id
     model_dir: Path | None  # the checkpoint's directory: where its tokenizer is looked for
+    tokenizer: object = None  # a TokenizerBundle when the model file carries its own (GGUF)
 
     @property
     def config(self):
@@ -32,17 +33,22 @@ class LoadedModel:
 
 
 def load_model(spec: str) -> LoadedModel:
-    """Load `spec` (checkpoint directory, llama2.c .bin, or hub id); InputError naming the fix."""
+    """Load `spec` (checkpoint directory, GGUF file, llama2.c .bin, or hub id); InputError naming the fix."""
     path = Path(spec).expanduser()
     if path.is_dir():
         return LoadedModel(load_hf_dir(path), path.resolve().name, str(path.resolve()), path.resolve())
+    if path.is_file() and path.suffix == ".gguf":
+        from host.gguf import load_gguf
+
+        model, tokenizer = load_gguf(path.resolve())
+        return LoadedModel(model, path.stem, str(path.resolve()), path.resolve().parent, tokenizer)
     if path.is_file():
         return LoadedModel(load_llama2c(path), path.stem, str(path.resolve()), path.resolve().parent)
     if HUB_ID.match(spec) and not spec.endswith(FILE_SUFFIXES):
         directory = download_from_hub(spec)
         return LoadedModel(load_hf_dir(directory), spec, spec, directory)
     raise InputError(
-        f"{spec}: no such file or directory; pass a Hugging Face checkpoint directory, a llama2.c .bin or a hub id"
+        f"{spec}: no such file or directory; pass a Hugging Face checkpoint directory, a .gguf, a llama2.c .bin or a hub id"
     )
 
 

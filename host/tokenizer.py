@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
 
+from host.chat_source import ChatSource, chat_source, find_chat_template
 from host.errors import InputError
 from host.llama2c import SPACE, Vocab, read_tokenizer as read_llama2c_tokenizer
 
@@ -35,6 +36,7 @@ class TokenizerBundle:
     vocab_size: int  # including added tokens
     chat_template: str  # "zephyr" | "llama2" | "chatml" | "none"
     source: str  # the file it was read from
+    chat: ChatSource = ChatSource()  # the model's own template and stop ids (host/chat_source.py)
 
 
 # --- SentencePiece-BPE vocabulary -> tokenizers.Tokenizer ------------------------------------
@@ -105,7 +107,7 @@ def from_llama2c(path: Path) -> TokenizerBundle:
     vocab = read_llama2c_tokenizer(path)
     specials = {vocab.unk_id, vocab.bos_id, vocab.eos_id}
     tok = bpe_tokenizer(vocab, specials)
-    return _bundle(tok, vocab.bos_id, vocab.eos_id, None, True, "none", path)
+    return _bundle(tok, vocab.bos_id, vocab.eos_id, None, True, path)
 
 
 def from_sentencepiece(path: Path) -> TokenizerBundle:
@@ -141,7 +143,7 @@ def from_sentencepiece(path: Path) -> TokenizerBundle:
     directory = Path(path).parent
     config = _hf_tokenizer_config(directory)  # an HF directory's chat template applies to its tokenizer.model too
     add_bos = bool(config.get("add_bos_token", True))
-    return _bundle(tok, vocab.bos_id, vocab.eos_id, pad, add_bos, _template_name(directory, config), path)
+    return _bundle(tok, vocab.bos_id, vocab.eos_id, pad, add_bos, path, directory, config)
 
 
 def _read_sentencepiece_proto(path: Path):
@@ -175,10 +177,12 @@ def from_tokenizer_json(path: Path) -> TokenizerBundle:
     add_bos = config.get("add_bos_token", adds_bos)
     if add_bos and not adds_bos:
         set_bos_post_processor(tok, bos)
-    return _bundle(tok, bos, eos, pad, bool(add_bos), _template_name(Path(path).parent, config), path)
+    return _bundle(tok, bos, eos, pad, bool(add_bos), path, Path(path).parent, config)
 
 
-def _bundle(tok, bos, eos, pad, add_bos, template, path) -> TokenizerBundle:
+def _bundle(tok, bos, eos, pad, add_bos, path, directory: Path | None = None, config: dict | None = None) -> TokenizerBundle:
+    """The record of a read tokenizer; chat template and stop ids from the checkpoint `directory`, if any."""
+    chat = chat_source(directory, tok, config or {}, eos)
     return TokenizerBundle(
         tokenizer=tok,
         bos_id=bos,
@@ -186,7 +190,8 @@ def _bundle(tok, bos, eos, pad, add_bos, template, path) -> TokenizerBundle:
         pad_id=eos if pad is None else pad,
         add_bos=add_bos,
         vocab_size=tok.get_vocab_size(with_added_tokens=True),
-        chat_template=template,
+        chat_template=detect_template(chat.jinja),
+        chat=chat,
         source=str(path),
     )
 
@@ -218,25 +223,12 @@ def _special_id(tok: Tokenizer, entry, fallbacks) -> int | None:
 
 def chat_template_text(directory: Path, config: dict) -> str:
     """The jinja chat template: tokenizer_config.json's, or chat_template.jinja/.json (transformers 5)."""
-    template = config.get("chat_template")
-    if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
-        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
-    if template:
-        return template
-    if (directory / "chat_template.jinja").is_file():
-        return (directory / "chat_template.jinja").read_text()
-    if (directory / "chat_template.json").is_file():
-        return json.loads((directory / "chat_template.json").read_text()).get("chat_template", "")
-    return ""
+    return find_chat_template(directory, config)[0]
 
 
 def detect_template(template: str) -> str:
     """The manifest's ChatTemplate name for a jinja template, by the markers it renders."""
     return next((name for marker, name in TEMPLATE_MARKERS if marker in template), "none")
-
-
-def _template_name(directory: Path, config: dict) -> str:
-    return detect_template(chat_template_text(directory, config))
 
 
 # --- entry points ----------------------------------------------------------------------------
