@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -205,7 +206,10 @@ def test_cli_takes_the_chat_template_from_the_tokenizer_config_unless_told(hf_di
     args = ["--model", str(model_dir), "--calib", str(hf_dir / "calib.txt"), "--quant", "none"]
     assert main(cli(*args, "--out", str(tmp_path / "detected"))) == 0
     manifest = load_manifest(tmp_path / "detected")
-    assert manifest.chat_template == CHAT_TEMPLATES["zephyr"] and "<|user|>" in manifest.tokens.stop_strings
+    template = json.loads((model_dir / "tokenizer_config.json").read_text())["chat_template"]
+    assert manifest.chat_template == replace(CHAT_TEMPLATES["zephyr"], jinja=template, source="tokenizer_config.json",
+                                             special_tokens={"bos_token": "<s>", "eos_token": "</s>"})
+    assert "<|user|>" in manifest.tokens.stop_strings
     assert main(cli(*args, "--chat-template", "chatml", "--out", str(tmp_path / "told"))) == 0
     assert load_manifest(tmp_path / "told").chat_template == CHAT_TEMPLATES["chatml"]
 
