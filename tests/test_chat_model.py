@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from board.manifest import CHAT_TEMPLATES, ChatTemplate, load_manifest
-from tests.conftest import TINYSTORIES_TEXT, need
+from tests.support.paths import TINYSTORIES_TEXT, need
 
 ROOT = Path(__file__).resolve().parents[1]
 QWEN25_TEMPLATE = (Path(__file__).parent / "data/qwen2.5-chat-template.jinja").read_text()

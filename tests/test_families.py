@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from bundles import bundle_session, make_tokenizer_bundle, sample_text
+from tests.support.bundles import bundle_session, make_tokenizer_bundle, sample_text
 from host.build import BuildConfig, build_from_model
 from host.errors import InputError
 from host.model import EdgeLlama
