@@ -94,7 +94,7 @@ def test_chat_session_feeds_only_the_new_turn_and_keeps_the_conversation(smollm2
 
     bundle = open_bundle(smollm2_bundle)
     with open_backend(bundle, "onnxruntime") as backend:
-        session = ChatSession(Engine(backend, bundle.manifest), bundle.tokenizer, bundle.manifest.chat_template,
+        session = ChatSession(Engine(backend, bundle.manifest.arch, bundle.manifest.graph), bundle.tokenizer, bundle.manifest.chat_template,
                               GenerateConfig(24, SamplingConfig(temperature=0.0)), np.random.default_rng(0))
         first = session.ask(QUESTION)
         fed_before = len(session.engine.fed)
