@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.support.bundles import bundle_session, make_tokenizer_bundle, sample_text
+from tests.support.bundles import bundle_engine, make_tokenizer_bundle, sample_text
 from host.build import BuildConfig, build_from_model
 from host.errors import InputError
 from host.model import EdgeLlama
@@ -51,14 +51,10 @@ def hf_logits(model, ids=IDS) -> np.ndarray:
 
 
 def onnx_prefill_logits(bundle, ids=IDS) -> np.ndarray:
-    """Logits of one prefill chunk through the bundle's ONNX graph, as the board feeds it."""
-    manifest, session, _ = bundle_session(bundle)
-    past = next(t for t in manifest.graph.inputs if t.name == "past_key_values")
-    kv = manifest.graph.kv_len
-    mask = np.concatenate((np.zeros(kv), np.ones(len(ids))))[None].astype(np.int64)
-    return session.run(["logits"], {"input_ids": np.array([ids], np.int64), "attention_mask": mask,
-                                    "position_ids": np.arange(len(ids), dtype=np.int64)[None],
-                                    "past_key_values": np.zeros(past.shape, past.dtype)})[0][0]
+    """Logits of every prompt position through the bundle's ONNX graph, fed by the board's Engine."""
+    _, engine = bundle_engine(bundle)
+    with engine.backend:
+        return engine.feed(ids, all_logits=True)
 
 
 def table_dtypes(result) -> list[str]:
