@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 # Version 1: first layout (DESIGN.md §2-§3): logits for every new position, KV [L,2,1,Hkv,KV,D].
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = (1,)
+# 2: the model's Jinja chat template and stop ids (chat_template.jinja/.source/.special_tokens, tokens.stop_ids);
+# a board that knows only 1 would render the built-in rules instead, so it must refuse, not guess.
+FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS = (1, 2)  # 1 loads with the new fields at their defaults
 MANIFEST_NAME = "manifest.json"
 
 

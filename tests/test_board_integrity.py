@@ -115,3 +115,21 @@ def test_declared_size_must_equal_the_real_size_before_hashing(copy, hashed):
 def test_malformed_manifests_are_one_line_and_exit_2(copy, capsys, change, words):
     bundle = copy[1](change)
     assert words in one_error_line(capsys, ["info", "--bundle", str(bundle)], 2)
+
+
+def _as_version_1(d):
+    """The manifest as a format-1 build wrote it: no Jinja template, no stop ids."""
+    for key in ("jinja", "source", "special_tokens"):
+        d["chat_template"].pop(key)
+    d["tokens"].pop("stop_ids")
+    d.update(format_version=1)
+
+
+def test_a_format_1_manifest_still_loads_and_a_newer_one_asks_for_a_newer_board(copy):
+    bundle, edit = copy
+    edit(_as_version_1)
+    m = load_manifest(bundle)
+    assert (m.format_version, m.chat_template.jinja, m.tokens.stop_ids) == (1, "", [])
+    edit(lambda d: d.update(format_version=board.manifest.FORMAT_VERSION + 1))
+    with pytest.raises(BundleError, match=r"format_version 3 is not supported .*knows \[1, 2\]\); rebuild the bundle or update board/"):
+        load_manifest(bundle)
