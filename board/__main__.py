@@ -111,7 +111,7 @@ def _run_generate(args) -> int:
 
 # --- perplexity ------------------------------------------------------------------------------
 def _run_perplexity(args) -> int:
-    from board.perplexity import perplexity
+    from board.perplexity import perplexity, streaming_perplexity
 
     if args.max_tokens is not None and args.max_tokens < 2:
         raise BoardError(f"--max-tokens {args.max_tokens}: give at least 2 (or leave it out for the whole text)")
@@ -122,12 +122,20 @@ def _run_perplexity(args) -> int:
         raise BoardError(f"{args.text}: cannot read the text file ({e}); pass a UTF-8 text file") from None
     backend, engine = _engine(args, bundle)
     with backend:
-        result = perplexity(engine, bundle.tokenizer, text, args.max_tokens)
+        if args.stream:
+            result = streaming_perplexity(engine, bundle.tokenizer, text, args.max_tokens)
+        else:
+            result = perplexity(engine, bundle.tokenizer, text, args.max_tokens, args.ctx, _window_progress)
     if args.json:
         _emit({**result, "backend": backend.name})
     else:
-        print(f"perplexity {result['perplexity']:.4f} over {result['tokens']} tokens")
+        where = "streamed with eviction" if args.stream else f"{result['windows']} windows of {result['ctx']}"
+        print(f"perplexity {result['perplexity']:.4f} over {result['tokens']} tokens ({where})")
     return 0
+
+
+def _window_progress(done: int, total: int) -> None:
+    print(f"\rperplexity: window {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
 
 
 # --- bench -----------------------------------------------------------------------------------
@@ -236,7 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("perplexity", help="perplexity of a text file")
     _add_bundle(p)
     p.add_argument("--text", required=True, type=Path)
-    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--max-tokens", type=int, default=None, help="score the first N text tokens (default: all)")
+    p.add_argument("--ctx", type=int, default=None,
+                   help="positions per window, BOS + ctx-1 text tokens (default: the bundle's KV length)")
+    p.add_argument("--stream", action="store_true",
+                   help="one pass through the KV cache with eviction instead of windows (as chat runs)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_run_perplexity)
 

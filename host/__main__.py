@@ -36,7 +36,8 @@ def _add_build(sub) -> None:
     p.add_argument("--tokenizer", help="tokenizer.json, SentencePiece tokenizer.model or llama2.c tok*.bin (default: beside the model)")
     p.add_argument("--calib", required=True, help="plain-text file: calibration samples from its start, perplexity on its tail")
     p.add_argument("--quant", required=True, choices=QUANT_SCHEMES, help="none: fp32 graph; w8a8: int8 weights and activations")
-    p.add_argument("--smooth", type=float, metavar="ALPHA", help="SmoothQuant migration strength (e.g. 0.5); default: off")
+    p.add_argument("--smooth", default="auto", metavar="auto|off|ALPHA",
+                   help="SmoothQuant: auto (default) searches alpha per layer and group; off; or one alpha, e.g. 0.5")
     p.add_argument("--act-scheme", choices=ACT_SCHEMES, default="dynamic",
                    help="activation scales per token at run time (default) or per tensor from calibration")
     p.add_argument("--kv-len", type=int, default=256, help="fixed number of KV cache slots (default 256)")
@@ -58,6 +59,18 @@ def _add_build(sub) -> None:
     p.set_defaults(func=_run_build)
 
 
+def _smooth_option(value: str):
+    """--smooth: "auto", "off" or a float alpha (range checked by BuildConfig)."""
+    from host.buildconfig import SMOOTH_MODES
+
+    if value in SMOOTH_MODES:
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise InputError(f"--smooth {value!r}: give auto, off or an alpha in [0, 1], e.g. 0.5") from None
+
+
 def _run_build(args) -> int:
     import json
 
@@ -70,7 +83,7 @@ def _run_build(args) -> int:
         raise InputError(f"--prefill-chunks {args.prefill_chunks!r}: give comma-separated integers, e.g. 1,16,64") from None
     config = BuildConfig(
         model=args.model, out=args.out, calib=args.calib, tokenizer=args.tokenizer, quant=args.quant,
-        smooth=args.smooth, act_scheme=args.act_scheme, kv_len=args.kv_len, prefill_chunks=chunks,
+        smooth=_smooth_option(args.smooth), act_scheme=args.act_scheme, kv_len=args.kv_len, prefill_chunks=chunks,
         dtype=args.dtype, target=args.target, compute=args.compute, opset=args.opset, calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len,
         eval_tokens=args.eval_tokens, chat_template=args.chat_template, name=args.name,
     )
@@ -83,6 +96,7 @@ def _run_build(args) -> int:
         "files": {name: entry.size for name, entry in result.manifest.files.items()},
         "parity": verification["parity"]["check"],
         "perplexity": verification["perplexity"],
+        "quality": result.report["quality"].get("sensitivity", {}).get("worst"),
         "greedy_common_prefix": verification["greedy"]["common_prefix"],
         "seconds": result.report["timings_s"],
     }

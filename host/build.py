@@ -19,13 +19,15 @@ import torch
 from board.manifest import ACTIVATIONS, CHAT_TEMPLATES, Manifest, Quantization, Tokens
 from host.buildconfig import BuildConfig
 from host.bundle import REPORT_NAME, TOKENIZER_NAME, check_out, staging, write_bundle_manifest
-from host.calibrate import collect_input_absmax, split_text, summarize
+from host.calibrate import collect_inputs, split_text, summarize
 from host.chat_source import ChatSource
 from host.errors import BuildError, InputError
 from host.export import export_onnx, graph_record
 from host.limits import check_sizes
 from host.model import EdgeLlama
 from host.quantize import quantize_model, quantized_layer_count
+from host.quality import quality_section, summary_line
+from host.recipe import ALPHAS, SEARCH_ROWS, row_names, search_alphas
 from host.verify import verify_graph
 
 __all__ = ["BuildConfig", "BuildResult", "build", "build_from_model"]  # BuildConfig re-exported for callers
@@ -91,7 +93,7 @@ def quantization_record(config: BuildConfig, graph_model) -> Quantization:
         dialect=config.dialect,
         weights="int8_per_channel_symmetric",
         activations=ACTIVATIONS[config.act_scheme],
-        smooth_alpha=config.smooth,
+        smooth_alpha=config.smooth_alpha,
         quantized_layers=quantized_layer_count(graph_model),
     )
 
@@ -123,15 +125,21 @@ def build_from_model(hf_model, tok, text: str, config: BuildConfig, info: dict, 
     kv_dtype = DTYPES[config.dtype]
     reference = EdgeLlama.from_hf(hf_model, kv_dtype)
     ids = tok.tokenizer.encode(text, add_special_tokens=False).ids
-    split = split_text(ids, tok.bos_id, config.calib_seq_len, config.calib_samples, config.eval_tokens)
+    split = split_text(ids, tok.bos_id, config.calib_seq_len, config.calib_samples, config.eval_tokens, config.kv_len)
+    w8a8 = config.quant == "w8a8"
 
     with stage("calibrate", timings, f"{len(split.calib)} samples of {config.calib_seq_len} tokens"):
-        absmax = collect_input_absmax(reference, split.calib)
+        calibration = collect_inputs(reference, split.calib, SEARCH_ROWS if w8a8 else 0, row_names(reference))
+    absmax, recipe = calibration.absmax, None
     compute = DTYPES[config.compute]
     graph_model = reference if compute == torch.float32 else EdgeLlama.from_hf(hf_model, kv_dtype).use_compute_dtype(compute)
-    if config.quant == "w8a8":
+    if w8a8:
+        candidates = {"auto": ALPHAS, "off": (None,)}.get(config.smooth, (config.smooth,))
+        with stage("search", timings, f"SmoothQuant alpha per layer and group from {len(candidates)} candidate(s)"):
+            alphas, recipe = search_alphas(reference, absmax, calibration.rows, candidates)
+        del calibration
         with stage("quantize", timings):
-            graph_model = quantize_model(hf_model, absmax, config.act_scheme, config.dialect, config.smooth,
+            graph_model = quantize_model(hf_model, absmax, config.act_scheme, config.dialect, alphas,
                                          kv_dtype, compute)
     quant = quantization_record(config, graph_model)
 
@@ -142,7 +150,7 @@ def build_from_model(hf_model, tok, text: str, config: BuildConfig, info: dict, 
             exported = export_onnx(graph_model, stage_dir, config.kv_len, opset=config.opset)
         tok.tokenizer.save(str(stage_dir / TOKENIZER_NAME))
         graph = graph_record(graph_model, config.kv_len, config.prefill_chunks, exported, str(compute).split(".")[-1])
-        with stage("verify", timings, f"onnxruntime vs PyTorch; perplexity on {len(split.heldout)} held-out chunks"):
+        with stage("verify", timings, f"onnxruntime vs PyTorch; perplexity on {len(split.heldout)} held-out windows"):
             verification = verify_graph(stage_dir, graph, graph_model, reference, split.heldout, config.quant)
         check_perplexity(verification["perplexity"], reference.arch.vocab_size)
         report = {
@@ -157,11 +165,13 @@ def build_from_model(hf_model, tok, text: str, config: BuildConfig, info: dict, 
             },
             "quantization": asdict(quant),
             "verification": verification,
+            "quality": quality_section(verification, recipe, config.kv_len),
             "export": {"files": exported.files, "opset": exported.opset, "initializer_bytes": exported.initializer_bytes, "ops": exported.ops},
             "sizes": {name: (stage_dir / name).stat().st_size for name in exported.files + [TOKENIZER_NAME]},
             "timings_s": timings,
         }
         (stage_dir / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+        print(summary_line(report["quality"]), file=sys.stderr, flush=True)
         manifest = write_bundle_manifest(
             stage_dir,
             model=info,

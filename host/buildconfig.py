@@ -18,6 +18,8 @@ KV_DTYPES: tuple = get_args(KVDtype)
 # What each target computes activations in unless --compute says otherwise: the NPU runs fp16 on
 # its AI Cores (fp32 ops fall back to the AI CPU). Its opset is the lowest that expresses the graph.
 DEFAULT_COMPUTE: dict[Target, KVDtype] = {"ort": "fp32", "ascend": "fp16"}
+SmoothMode = Literal["auto", "off"]  # besides a number: one SmoothQuant alpha for every group
+SMOOTH_MODES: tuple = get_args(SmoothMode)
 MIN_EVAL_TOKENS = 8  # the greedy check's prompt comes from the held-out text
 
 
@@ -30,7 +32,7 @@ class BuildConfig:
     calib: Path | None = None
     tokenizer: str | None = None
     quant: QuantScheme = "w8a8"
-    smooth: float | None = None  # SmoothQuant alpha; None: no smoothing
+    smooth: SmoothMode | float = "auto"  # "auto": alpha searched per layer and group (host/recipe.py); "off"; or one alpha
     act_scheme: ActScheme = "dynamic"
     kv_len: int = 256
     prefill_chunks: tuple = (1, 16, 64)  # normalized: sorted, unique, always with 1
@@ -55,8 +57,9 @@ class BuildConfig:
             (self.compute in (None, *KV_DTYPES), f"--compute {self.compute!r}: use one of {', '.join(KV_DTYPES)}"),
             (self.opset is None or MIN_OPSET <= self.opset <= MAX_OPSET,
              f"--opset {self.opset}: use {MIN_OPSET} (the lowest that expresses the graph) to {MAX_OPSET} (ATC's documented top)"),
-            (self.smooth is None or 0.0 <= self.smooth <= 1.0, f"--smooth {self.smooth}: SmoothQuant alpha is in [0, 1], e.g. 0.5"),
-            (self.smooth is None or self.quant == "w8a8", "--smooth only applies to --quant w8a8"),
+            (self.smooth in SMOOTH_MODES or (type(self.smooth) in (int, float) and 0.0 <= self.smooth <= 1.0),
+             f"--smooth {self.smooth}: SmoothQuant alpha is in [0, 1] (e.g. 0.5), or auto, or off"),
+            (self.smooth == "auto" or self.quant == "w8a8", "--smooth only applies to --quant w8a8"),
             (self.kv_len >= 2, f"--kv-len {self.kv_len}: give at least 2 KV slots (e.g. 256)"),
             (self.calib_samples >= 1, f"--calib-samples {self.calib_samples}: give at least 1"),
             (self.calib_seq_len >= 8, f"--calib-seq-len {self.calib_seq_len}: give at least 8"),
@@ -80,3 +83,8 @@ class BuildConfig:
     @property
     def dialect(self) -> Dialect:
         return TARGETS[self.target]
+
+    @property
+    def smooth_alpha(self) -> float | None:
+        """The one alpha given with --smooth, else None (off, or searched per group: see report.json)."""
+        return None if self.smooth in SMOOTH_MODES else float(self.smooth)

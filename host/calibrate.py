@@ -28,35 +28,55 @@ class TextSplit:
     heldout: list  # same
 
 
-def split_text(ids: list[int], bos_id: int, seq_len: int, calib_samples: int, eval_tokens: int) -> TextSplit:
-    """Held-out tail of up to `eval_tokens` (at most a quarter of the text); calibration chunks from the start."""
+def split_text(ids: list[int], bos_id: int, seq_len: int, calib_samples: int, eval_tokens: int,
+               eval_ctx: int | None = None) -> TextSplit:
+    """Held-out tail of up to `eval_tokens` (at most a quarter of the text) in windows of `eval_ctx` positions
+    (board/perplexity.py's method; default seq_len); calibration chunks of seq_len from the start."""
     if len(ids) < MIN_TOKENS:
         raise InputError(f"calibration text has {len(ids)} tokens; give at least {MIN_TOKENS} (a few paragraphs)")
     body = seq_len - 1  # + BOS
     n_eval = min(eval_tokens, len(ids) // 4)
     head, tail = ids[: len(ids) - n_eval], ids[len(ids) - n_eval :]
 
-    def chunks(tokens: list[int], limit: int) -> list[torch.Tensor]:
+    def chunks(tokens: list[int], limit: int, body: int = body) -> list[torch.Tensor]:
         out = []
         for start in range(0, len(tokens), body):
             piece = tokens[start : start + body]
-            if len(out) == limit or len(piece) < 2:
+            if len(out) == limit or not piece:
                 break
             out.append(torch.tensor([[bos_id] + piece], dtype=torch.long))
         return out
 
-    return TextSplit(calib=chunks(head, calib_samples), heldout=chunks(tail, len(tail)))
+    return TextSplit(calib=chunks(head, calib_samples), heldout=chunks(tail, len(tail), (eval_ctx or seq_len) - 1))
 
 
-def collect_input_absmax(model: EdgeLlama, samples: list[torch.Tensor], desc: str = "calibrate") -> dict[str, torch.Tensor]:
-    """{linear name: per-channel max|input| [K]} over all samples, via hooks removed before returning."""
+@dataclass
+class Calibration:
+    """Per linear: per-channel max|input| [K] over all samples, and up to `rows` sampled input rows [T, K]."""
+
+    absmax: dict
+    rows: dict
+
+
+def collect_inputs(model: EdgeLlama, samples: list[torch.Tensor], rows: int = 0, row_names: set | None = None,
+                   desc: str = "calibrate") -> Calibration:
+    """Run the samples through `model` with hooks (removed before returning) on every linear; rows of `row_names`.
+
+    Rows are kept evenly from each sample (row i of a sample of S tokens kept when i % ceil(S*n/rows) == 0),
+    so their memory is bounded by `rows` x K per linear whatever the calibration size.
+    """
     absmax: dict[str, torch.Tensor] = {}
+    kept: dict[str, list] = {}
+    total = sum(int(ids.shape[-1]) for ids in samples)
+    stride = max(1, -(-total // rows)) if rows else 0
 
     def record(name):
         def hook(module, inputs, output):
-            x = inputs[0].detach().float()
-            m = x.abs().reshape(-1, x.shape[-1]).amax(dim=0)
+            x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])
+            m = x.abs().amax(dim=0)
             absmax[name] = torch.maximum(absmax[name], m) if name in absmax else m
+            if stride and name in (row_names or ()):
+                kept.setdefault(name, []).append(x[::stride].clone())
 
         return hook
 
@@ -68,7 +88,12 @@ def collect_input_absmax(model: EdgeLlama, samples: list[torch.Tensor], desc: st
     finally:
         for handle in handles:
             handle.remove()
-    return absmax
+    return Calibration(absmax, {name: torch.cat(parts) for name, parts in kept.items()})
+
+
+def collect_input_absmax(model: EdgeLlama, samples: list[torch.Tensor], desc: str = "calibrate") -> dict[str, torch.Tensor]:
+    """{linear name: per-channel max|input| [K]} over all samples."""
+    return collect_inputs(model, samples, desc=desc).absmax
 
 
 def run_prefill(model: EdgeLlama, ids: torch.Tensor) -> torch.Tensor:

@@ -19,12 +19,14 @@ Two graph dialects carry the same integers:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from board.manifest import ACT_SCHEMES, DIALECTS, ActScheme, Dialect
 from host.model import FUSED_PROJECTIONS, PROJECTIONS, EdgeLlama, RMSNorm
-from host.smooth import SMOOTH_GROUPS, smoothing_scales
+from host.smooth import SMOOTH_GROUPS, fold, group_scales, weight_absmax
 
 QMAX = 127  # symmetric int8: codes -127..127 (no -128, so negation is exact)
 EPS = 1e-8  # floor on scales so an all-zero row or token does not divide by zero
@@ -137,9 +139,15 @@ class W8A8Linear(nn.Module):
         """
         weights = [lin.weight for lin in linears] if weights is None else weights
         assert len({lin.in_features for lin in linears}) == 1, "fused linears must read the same input"
-        sizes = tuple(lin.out_features for lin in linears)
-        has_bias = any(lin.bias is not None for lin in linears)
-        module = cls(linears[0].in_features, sum(sizes), has_bias, act_scheme, dialect, sizes)
+        return cls.from_weights(weights, [lin.bias for lin in linears], act_scheme, dialect, act_absmax)
+
+    @classmethod
+    def from_weights(cls, weights: list[torch.Tensor], biases: list, act_scheme: str = "dynamic", dialect: str = "u8u8",
+                     act_absmax: float | None = None) -> "W8A8Linear":
+        """`from_float_group` on float weights [N_i, K] and their biases (None: no bias)."""
+        sizes = tuple(int(w.shape[0]) for w in weights)
+        has_bias = any(b is not None for b in biases)
+        module = cls(int(weights[0].shape[1]), sum(sizes), has_bias, act_scheme, dialect, sizes)
         q, scale = quantize_weight_per_channel_absmax(torch.cat([w.detach().float() for w in weights]))
         module.weight_q = (q.to(torch.int16) + module.zero_point).to(module.weight_q.dtype).t().contiguous()
         module.weight_scale = scale
@@ -148,8 +156,7 @@ class W8A8Linear(nn.Module):
                 raise ValueError("static activation scales need act_absmax from calibration")
             module.act_scale = torch.tensor(max(float(act_absmax) / QMAX, EPS), dtype=torch.float32)
         if has_bias:
-            module.bias = torch.cat([lin.bias.detach().float() if lin.bias is not None else torch.zeros(lin.out_features)
-                                     for lin in linears])
+            module.bias = torch.cat([b.detach().float() if b is not None else torch.zeros(n) for b, n in zip(biases, sizes)])
         return module
 
     def dequantized_weight(self) -> torch.Tensor:
@@ -182,7 +189,7 @@ def quantize_model(
     absmax: dict[str, torch.Tensor] | None,
     act_scheme: ActScheme = "dynamic",
     dialect: Dialect = "u8u8",
-    smooth_alpha: float | None = None,
+    smooth_alpha: float | dict | None = None,
     kv_dtype: torch.dtype = torch.float32,
     compute_dtype: torch.dtype = torch.float32,
 ):
@@ -191,8 +198,9 @@ def quantize_model(
     Every projection of every layer and lm_head becomes a W8A8Linear; projections that read the
     same input become one (FUSED_PROJECTIONS: `qkv_proj`, `gate_up_proj`), which computes the same
     numbers with fewer graph nodes; the embedding becomes int8 per row (host/embedding.py).
-    With `smooth_alpha`, each smoothed norm gets a new weight and the smoothed float weights exist
-    one layer at a time, so peak memory stays near fp32 model + int8 copy. `absmax` (from
+    `smooth_alpha`: one SmoothQuant alpha for every group of host/smooth.py, or a dict
+    {"layers.{i}.{group}": alpha} (a group that is absent is not smoothed). Smoothed float weights
+    exist one layer at a time, so peak memory stays near fp32 model + int8 copy. `absmax` (from
     calibration) is needed for smoothing or static scales.
     """
     if (smooth_alpha is not None or act_scheme == "static") and absmax is None:
@@ -203,39 +211,68 @@ def quantize_model(
     stats = absmax or {}
     fused = {p for names in FUSED_PROJECTIONS.values() for p in names}
     for i, block in enumerate(model.blocks):
-        weights = {p: getattr(block, p).weight for p in PROJECTIONS}  # float weights to quantize
-        inputs = {p: stats.get(f"layers.{i}.{p}") for p in PROJECTIONS}  # their inputs' per-channel absmax
+        layer = LayerFloats.of(block, stats, i)
         if smooth_alpha is not None:
-            _smooth_block(block, weights, inputs, smooth_alpha)
+            alphas = {g.name: smooth_alpha if not isinstance(smooth_alpha, dict) else smooth_alpha.get(f"layers.{i}.{g.name}")
+                      for g in SMOOTH_GROUPS}
+            smooth_layer(block, layer, alphas, model.arch)
         for group, names in FUSED_PROJECTIONS.items():
-            _swap(block, group, [getattr(block, p) for p in names], [weights[p] for p in names],
-                  [inputs[p] for p in names], act_scheme, dialect)
+            _swap(block, group, names, layer, act_scheme, dialect)
             for p in names:
                 delattr(block, p)
         for p in PROJECTIONS:
             if p not in fused:
-                _swap(block, p, [getattr(block, p)], [weights[p]], [inputs[p]], act_scheme, dialect)
-    _swap(model, "lm_head", [model.lm_head], [model.lm_head.weight], [stats.get("lm_head")], act_scheme, dialect)
+                _swap(block, p, (p,), layer, act_scheme, dialect)
+    head = LayerFloats({"lm_head": model.lm_head.weight}, {"lm_head": model.lm_head.bias}, {"lm_head": stats.get("lm_head")})
+    _swap(model, "lm_head", ("lm_head",), head, act_scheme, dialect)
     quantize_embedding(model, model.tied)
     return model.use_compute_dtype(compute_dtype).eval()
 
 
-def _smooth_block(block, weights: dict, inputs: dict, alpha: float) -> None:
-    """SmoothQuant one Block: new norm weights on `block`; smoothed weights and input ranges into the dicts."""
-    for norm_name, projections in SMOOTH_GROUPS:
-        act = inputs[projections[0]]
-        s = smoothing_scales(act, [weights[p] for p in projections], alpha)
-        norm = getattr(block, norm_name)
-        setattr(block, norm_name, RMSNorm((norm.weight.detach() / s).clone(), norm.eps))
-        for p in projections:
-            weights[p], inputs[p] = weights[p].detach() * s, act / s
+@dataclass
+class LayerFloats:
+    """The float weights, biases and input abs-max of one layer's projections, as smoothing leaves them."""
+
+    weights: dict
+    biases: dict
+    inputs: dict
+
+    @classmethod
+    def of(cls, block, stats: dict, i: int) -> "LayerFloats":
+        return cls({p: getattr(block, p).weight.detach() for p in PROJECTIONS},
+                   {p: getattr(block, p).bias for p in PROJECTIONS},
+                   {p: stats.get(f"layers.{i}.{p}") for p in PROJECTIONS})
 
 
-def _swap(owner, attr: str, linears: list, weights: list, inputs: list, act_scheme: str, dialect: str) -> None:
-    """Set `owner.attr` to the W8A8Linear of `linears` (one, or a group sharing its input)."""
-    known = [float(a.max()) for a in inputs if a is not None]
+def smooth_layer(block, layer: LayerFloats, alphas: dict, arch) -> None:
+    """SmoothQuant one Block: new norm weights on `block`; smoothed weights, biases, input ranges into `layer`."""
+    rep = arch.num_heads // arch.num_kv_heads
+    for group in SMOOTH_GROUPS:
+        alpha = alphas.get(group.name)
+        if alpha is None:
+            continue
+        act = layer.inputs[group.consumers[0]]
+        w_absmax = weight_absmax([layer.weights[p] for p in group.consumers])
+        s = group_scales(group, act, w_absmax, alpha, rep, arch.head_dim)
+        if group.producer in layer.weights:  # a projection's output rows
+            s_rows = fold(s, rep, arch.head_dim) if group.gqa and rep > 1 else s
+            layer.weights[group.producer] = layer.weights[group.producer] / s_rows[:, None]
+            bias = layer.biases[group.producer]
+            if bias is not None:
+                layer.biases[group.producer] = bias.detach() / s_rows
+        else:  # an RMSNorm's weight
+            norm = getattr(block, group.producer)
+            setattr(block, group.producer, RMSNorm((norm.weight.detach() / s).clone(), norm.eps))
+        for p in group.consumers:
+            layer.weights[p], layer.inputs[p] = layer.weights[p] * s, act / s
+
+
+def _swap(owner, attr: str, names: tuple, layer: LayerFloats, act_scheme: str, dialect: str) -> None:
+    """Set `owner.attr` to the W8A8Linear of the projections `names` (one, or a group sharing its input)."""
+    known = [float(layer.inputs[p].max()) for p in names if layer.inputs[p] is not None]
     act_max = max(known) if known else None  # a group's inputs are one tensor: the same range
-    setattr(owner, attr, W8A8Linear.from_float_group(linears, act_scheme, dialect, act_max, weights))
+    setattr(owner, attr, W8A8Linear.from_weights([layer.weights[p] for p in names], [layer.biases[p] for p in names],
+                                                 act_scheme, dialect, act_max))
 
 
 def quantized_layer_count(model) -> int:

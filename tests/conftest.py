@@ -36,7 +36,7 @@ def stories_bundles(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("stories")
     return {
         quant: build(BuildConfig(model=str(need(STORIES_BIN)), tokenizer=str(need(STORIES_TOK)),
-                                 calib=need(TINYSTORIES_TEXT), quant=quant, kv_len=128, out=root / quant)).path
+                                 calib=need(TINYSTORIES_TEXT), quant=quant, kv_len=256, out=root / quant)).path
         for quant in ("none", "w8a8")
     }
 

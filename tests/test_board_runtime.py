@@ -17,8 +17,9 @@ from board.backends import open_backend
 from board.bundle import open_bundle
 from board.chat import ChatSession
 from board.engine import Engine
+from board.errors import BoardError
 from board.generate import GenerateConfig, generate
-from board.perplexity import log_softmax, perplexity
+from board.perplexity import log_softmax, perplexity, streaming_perplexity
 from board.sampling import GREEDY, SamplingConfig
 from tests.support.paths import ROOT
 
@@ -90,13 +91,30 @@ def test_generation_continues_past_the_window_keeping_the_sink(tiny):
     assert held[4:] == list(range(fed - (kv_len - 4), fed))  # then the most recent window
 
 
-def test_perplexity_through_the_cache_equals_a_full_forward(tiny):
+def test_windowed_perplexity_scores_every_token_once_like_full_forwards_of_each_window(tiny):
+    bundle, backend = tiny
+    text = "Once upon a time there was a little girl named lily. She loved to play outside in the park. " * 2
+    ids = bundle.tokenizer.encode(text)
+    bos = bundle.manifest.tokens.bos_id
+    nll = 0.0
+    for start in range(0, len(ids), 15):  # windows of 16 positions: BOS + 15 text tokens
+        window = [bos] + ids[start : start + 15]
+        logp = log_softmax(full_forward(backend, bundle.manifest, window))
+        nll -= logp[np.arange(len(window) - 1), window[1:]].sum()
+    result = perplexity(Engine(backend, bundle.manifest), bundle.tokenizer, text, ctx=16)
+    assert (result["tokens"], result["windows"], result["ctx"]) == (len(ids), -(-len(ids) // 15), 16)
+    assert result["perplexity"] == pytest.approx(float(np.exp(nll / len(ids))), rel=1e-5)
+    with pytest.raises(BoardError, match="--ctx 999 exceeds"):
+        perplexity(Engine(backend, bundle.manifest), bundle.tokenizer, text, ctx=999)
+
+
+def test_streamed_perplexity_through_the_cache_equals_a_full_forward(tiny):
     bundle, backend = tiny
     text = "Once upon a time there was a little girl named lily. She loved to play outside in the park."
     ids = bundle.tokenizer.encode(text, bos=True)
     logp = log_softmax(full_forward(backend, bundle.manifest, ids))
     nll = -np.mean(logp[np.arange(len(ids) - 1), ids[1:]])
-    result = perplexity(Engine(backend, bundle.manifest.arch, bundle.manifest.graph), bundle.tokenizer, text)
+    result = streaming_perplexity(Engine(backend, bundle.manifest.arch, bundle.manifest.graph), bundle.tokenizer, text)
     assert result["tokens"] == len(ids) - 1
     assert result["perplexity"] == pytest.approx(float(np.exp(nll)), rel=1e-5)
 
@@ -157,7 +175,10 @@ def test_cli_perplexity_bench_info_verify(tiny, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("Once upon a time there was a happy dog. " * 20)
     ppl = json.loads(run_cli("perplexity", "--bundle", bundle.path, "--text", text, "--max-tokens", 100, "--json").stdout)
-    assert ppl["tokens"] == 99 and ppl["perplexity"] > 1.0
+    assert (ppl["tokens"], ppl["ctx"]) == (100, bundle.manifest.graph.kv_len) and ppl["perplexity"] > 1.0
+    streamed = json.loads(run_cli("perplexity", "--bundle", bundle.path, "--text", text, "--max-tokens", 100,
+                                  "--stream", "--json").stdout)
+    assert streamed["tokens"] == 99 and "windows" not in streamed
     bench = json.loads(run_cli("bench", "--bundle", bundle.path, "--prompt-tokens", 16, "--new-tokens", 8,
                                "--threads", 1, "--json", block_host_stack=True).stdout)
     assert bench["decode_tok_s"] > 0 and bench["prefill_tok_s"] > 0 and bench["peak_rss_mb"] > 10

@@ -20,7 +20,9 @@ from host.quantize import (
     quantize_weight_per_channel_absmax,
     quantized_layer_count,
 )
-from host.smooth import smoothing_scales
+from host.quantize import LayerFloats, smooth_layer
+from host.recipe import group_error, row_names, search_alphas
+from host.smooth import SMOOTH_GROUPS, smoothing_scales
 
 
 @pytest.fixture(autouse=True)
@@ -178,6 +180,44 @@ def test_smoothing_keeps_the_float_model_and_flattens_outlier_channels():
     err_plain = (q_plain(*args)[0] - ref).abs().mean()
     err_smooth = (q_smooth(*args)[0] - ref).abs().mean()
     assert err_smooth < err_plain
+
+
+def test_smoothing_every_group_with_gqa_keeps_the_float_function():
+    """norm -> q/k/v, norm -> gate/up, up -> down and v -> o (4 query heads on 2 KV heads) in float."""
+    import copy
+
+    hf = make_model(vocab=120, layers=2, seed=3, init_std=0.2)
+    smoothed = copy.deepcopy(hf)
+    fp, twin = EdgeLlama.from_hf(hf), EdgeLlama.from_hf(smoothed)
+    samples = [torch.randint(0, 120, (1, 20), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    absmax = collect_input_absmax(fp, samples)
+    for i, block in enumerate(twin.blocks):
+        layer = LayerFloats.of(block, absmax, i)
+        smooth_layer(block, layer, {g.name: 0.5 for g in SMOOTH_GROUPS}, twin.arch)
+        for p in PROJECTIONS:
+            getattr(block, p).weight.copy_(layer.weights[p])
+        assert not torch.allclose(block.v_proj.weight, fp.blocks[i].v_proj.weight)  # the rows did move
+    args = (samples[0], torch.ones(1, 20, dtype=torch.long), torch.arange(20)[None], fp.empty_cache(0))
+    torch.testing.assert_close(twin(*args)[0], fp(*args)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_alpha_search_picks_the_candidate_with_least_output_error():
+    hf = make_model(vocab=120, layers=1, seed=5, init_std=0.2)
+    with torch.no_grad():  # an outlier channel into q/k/v: smoothing must win there
+        hf.model.layers[0].input_layernorm.weight[7] = 40.0
+    fp = EdgeLlama.from_hf(hf)
+    from host.calibrate import collect_inputs
+
+    calibration = collect_inputs(fp, [torch.randint(0, 120, (1, 32), generator=torch.Generator().manual_seed(0))], 16,
+                                 row_names(fp))
+    assert calibration.rows["layers.0.q_proj"].shape == (16, 64) and "layers.0.k_proj" not in calibration.rows
+    chosen, report = search_alphas(fp, calibration.absmax, calibration.rows, (None, 0.5, 0.9))
+    attn = report["layers.0.attn_in"]
+    assert chosen["layers.0.attn_in"] == attn["alpha"] in (0.5, 0.9) and attn["error"] < attn["unsmoothed_error"]
+    block = fp.blocks[0]
+    weights = [block.q_proj.weight, block.k_proj.weight, block.v_proj.weight]
+    assert attn["unsmoothed_error"] == pytest.approx(group_error(calibration.rows["layers.0.q_proj"], weights, None))
+    assert set(report) == {f"layers.0.{g.name}" for g in SMOOTH_GROUPS}
 
 
 def test_quantize_model_swaps_every_projection_and_leaves_the_reference_alone():
