@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, TINYSTORIES_TEXT, need
+from tests.support.paths import ROOT, TINYSTORIES_TEXT, need
 
 QUESTION = "What is the capital of France? Answer in one sentence."
 CTX, TOKENS = 512, 16 * 511  # 8176 tokens in 16 full windows
