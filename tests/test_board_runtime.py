@@ -101,11 +101,11 @@ def test_windowed_perplexity_scores_every_token_once_like_full_forwards_of_each_
         window = [bos] + ids[start : start + 15]
         logp = log_softmax(full_forward(backend, bundle.manifest, window))
         nll -= logp[np.arange(len(window) - 1), window[1:]].sum()
-    result = perplexity(Engine(backend, bundle.manifest), bundle.tokenizer, text, ctx=16)
+    result = perplexity(Engine(backend, bundle.manifest.arch, bundle.manifest.graph), bundle.tokenizer, text, ctx=16)
     assert (result["tokens"], result["windows"], result["ctx"]) == (len(ids), -(-len(ids) // 15), 16)
     assert result["perplexity"] == pytest.approx(float(np.exp(nll / len(ids))), rel=1e-5)
     with pytest.raises(BoardError, match="--ctx 999 exceeds"):
-        perplexity(Engine(backend, bundle.manifest), bundle.tokenizer, text, ctx=999)
+        perplexity(Engine(backend, bundle.manifest.arch, bundle.manifest.graph), bundle.tokenizer, text, ctx=999)
 
 
 def test_streamed_perplexity_through_the_cache_equals_a_full_forward(tiny):
