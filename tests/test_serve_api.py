@@ -96,7 +96,7 @@ def test_seeded_sampling_repeats_and_temperature_changes_the_text(stories):
     ({"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, "temperature", "must be"),
     ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, "max_tokens", ">= 1"),
     ({"messages": [{"role": "user", "content": "hi"}], "frequency_penalty": 0.5}, "frequency_penalty", "not supported"),
-    ({"messages": [{"role": "user", "content": "a " * 200}]}, "messages", "context is 128 tokens"),
+    ({"messages": [{"role": "user", "content": "a " * 400}]}, "messages", "context is 256 tokens"),
     ({"messages": [{"role": "assistant", "content": "hi"}]}, "messages[0].role", "user message was expected"),
 ])
 def test_malformed_chat_request_is_a_400_in_openais_shape(stories, body, param, words):
@@ -239,7 +239,7 @@ def test_metrics_are_prometheus_text_with_every_promised_family(stories):
                          ("kv_cache_occupancy_ratio", "gauge"), ("process_resident_memory_bytes", "gauge")]:
         assert f"# TYPE edge_llm_{family} {kind}" in text
     m = stories.metrics()
-    assert m["edge_llm_kv_cache_slots"] == 128 and 0 < m["edge_llm_kv_cache_used_slots"] <= 128
+    assert m["edge_llm_kv_cache_slots"] == 256 and 0 < m["edge_llm_kv_cache_used_slots"] <= 256
     assert m["edge_llm_process_resident_memory_bytes"] > 10 * 2**20
     assert m['edge_llm_time_to_first_token_seconds_bucket{le="+Inf"}'] == m["edge_llm_time_to_first_token_seconds_count"] > 0
 
