@@ -154,8 +154,9 @@ def _run_bench(args) -> int:
     if args.json:
         _emit(result)
     else:
-        print(f"prefill {result['prefill_tok_s']:.1f} tok/s, decode {result['decode_tok_s']:.1f} tok/s, "
-              f"peak RSS {result['peak_rss_mb']:.0f} MB ({result['backend']})")
+        print(f"time to first token {result['ttft_ms']:.1f} ms ({result['prompt_tokens']} tokens, "
+              f"prefill {result['prefill_tok_s']:.1f} tok/s), decode {result['decode_tok_s_median']:.1f} tok/s "
+              f"(median of {result['new_tokens']} steps), peak RSS {result['peak_rss_mb']:.0f} MB ({result['backend']})")
     return 0
 
 
