@@ -116,7 +116,7 @@ def _memory_and_disk(board: Board, probe: dict, needs: Needs | None, root: str) 
         checks.append(Check("disk", "ok", f"{human_bytes(free)} free under {root}; {needs.what} is already there"))
     elif free < needs.bytes:
         checks.append(Check("disk", "fail", f"{human_bytes(free)} free under {root} < {human_bytes(needs.bytes)} of {needs.what}",
-                            f"free space on the board or lower keep_releases"))
+                            "free space on the board or lower keep_releases"))
     else:
         checks.append(Check("disk", "ok", f"{human_bytes(free)} free under {root} for {human_bytes(needs.bytes)} of {needs.what}"))
     return checks

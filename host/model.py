@@ -43,7 +43,6 @@ MASK_VALUE = -65504.0
 # Lower bound of the per-row scale of an fp16 RMSNorm (any m > 0 gives the same result; this
 # keeps eps / m / m finite for all-zero rows).
 FP16_NORM_FLOOR = 1e-4
-COMPUTE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 # RoPE variants whose frequencies depend on the sequence length cannot be baked into a
 # static graph; every other rope_type (default, linear, llama3, yarn) gives a fixed inv_freq.

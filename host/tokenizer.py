@@ -1,11 +1,11 @@
 """Tokenizers for the bundle: read `tokenizer.json`, SentencePiece `tokenizer.model` or llama2.c
 `tok*.bin`, and produce one Hugging Face `tokenizers.Tokenizer` that encodes like the original.
 
-SentencePiece BPE (Llama-2's `tokenizer.model`, and llama2.c's export of one) merges, over and
-over, the adjacent pair whose merged piece has the highest score. As a `tokenizers` BPE that is a
-merge list ranked by the merged piece's score, over characters with byte fallback, after
-`▁`-for-space normalisation with a dummy prefix. The saved tokenizer's post-processor adds BOS;
-`encode(text, add_special_tokens=False)` gives the bare pieces (the board prepends BOS itself).
+A SentencePiece BPE model (Llama-2's `tokenizer.model`) goes through transformers' converter
+(`SpmConverter`), as `LlamaTokenizerFast(from_slow=True)` does; a llama2.c `tok*.bin`, which no
+library reads, is turned back into the SentencePiece model it was exported from first. The saved
+tokenizer's post-processor adds BOS; `encode(text, add_special_tokens=False)` gives the bare
+pieces (the board prepends BOS itself).
 """
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
+from tokenizers import AddedToken, Tokenizer, processors
 
 from host.chat_source import ChatSource, chat_source, find_chat_template
 from host.errors import InputError
-from host.llama2c import SPACE, Vocab, read_tokenizer as read_llama2c_tokenizer
+from host.llama2c import Vocab, read_tokenizer as read_llama2c_tokenizer
 
 # Substrings of a jinja chat template that identify its family (manifest ChatTemplate names).
 TEMPLATE_MARKERS = (("<|user|>", "zephyr"), ("[INST]", "llama2"), ("<|im_start|>", "chatml"))
@@ -39,54 +39,36 @@ class TokenizerBundle:
     chat: ChatSource = ChatSource()  # the model's own template and stop ids (host/chat_source.py)
 
 
-# --- SentencePiece-BPE vocabulary -> tokenizers.Tokenizer ------------------------------------
-def merges_by_score(vocab: Vocab, mergeable: set[int]) -> list[tuple[str, str]]:
-    """Every split of a mergeable piece into two mergeable pieces, best merged score first."""
-    index = {vocab.pieces[i]: i for i in mergeable}
-    ranked = []
-    for i in mergeable:
-        piece = vocab.pieces[i]
-        for cut in range(1, len(piece)):
-            left, right = piece[:cut], piece[cut:]
-            if left in index and right in index:
-                ranked.append((-vocab.scores[i], i, index[left], (left, right)))
-    ranked.sort()
-    return [pair for *_, pair in ranked]
+# --- SentencePiece model -> tokenizers.Tokenizer ---------------------------------------------
+def spm_tokenizer(proto) -> Tokenizer:
+    """The tokenizers equivalent of a SentencePiece BPE model (transformers' converter); BOS added.
 
+    Unknown and control pieces become special tokens, so a rendered chat template's "</s>" is EOS."""
+    from transformers.convert_slow_tokenizer import SpmConverter
 
-def bpe_tokenizer(
-    vocab: Vocab,
-    specials: set[int],
-    add_dummy_prefix: bool = True,
-    user_defined: set[int] = frozenset(),
-    unused: set[int] = frozenset(),
-) -> Tokenizer:
-    """A byte-fallback BPE Tokenizer equivalent to SentencePiece BPE over `vocab`; BOS added.
-
-    `specials` (control, unknown) are never produced from text and never merged; `user_defined` pieces
-    are matched verbatim as SentencePiece does; `unused` ones only take no part in merges."""
-    byte_ids = {i for i, p in enumerate(vocab.pieces) if _is_byte_piece(p)}
-    mergeable = set(range(len(vocab.pieces))) - specials - byte_ids - user_defined - unused
-    model = models.BPE(
-        vocab={p: i for i, p in enumerate(vocab.pieces)},
-        merges=merges_by_score(vocab, mergeable),
-        unk_token=vocab.pieces[vocab.unk_id],
-        byte_fallback=True,
-        fuse_unk=True,
-    )
-    tok = Tokenizer(model)
-    # SentencePiece prepends "▁" even before a leading space, so Prepend (always) and not
-    # Metaspace (which skips text already starting with "▁").
-    steps = [normalizers.Prepend(SPACE)] if add_dummy_prefix else []
-    tok.normalizer = normalizers.Sequence(steps + [normalizers.Replace(" ", SPACE)])
-    tok.decoder = decoders.Sequence(
-        [decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
-        + ([decoders.Strip(" ", 1, 0)] if add_dummy_prefix else [])
-    )
-    tok.add_special_tokens([AddedToken(vocab.pieces[i], special=True, normalized=False) for i in sorted(specials)])
-    tok.add_tokens([AddedToken(vocab.pieces[i], normalized=False) for i in sorted(user_defined)])
-    set_bos_post_processor(tok, vocab.bos_id)
+    kinds = proto.SentencePiece.Type
+    tok = SpmConverter.build_tokenizer_from_spm_proto(proto, {p.piece: i for i, p in enumerate(proto.pieces)})
+    tok.add_special_tokens([AddedToken(p.piece, special=True, normalized=False)
+                            for p in proto.pieces if p.type in (kinds.UNKNOWN, kinds.CONTROL)])
+    set_bos_post_processor(tok, proto.trainer_spec.bos_id)
     return tok
+
+
+def llama2c_proto(vocab: Vocab):
+    """The SentencePiece model a llama2.c vocabulary was exported from: BPE, byte fallback, dummy prefix."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    kinds = proto.SentencePiece.Type
+    named = {vocab.unk_id: kinds.UNKNOWN, vocab.bos_id: kinds.CONTROL, vocab.eos_id: kinds.CONTROL}
+    for i, (piece, score) in enumerate(zip(vocab.pieces, vocab.scores)):
+        kind = named.get(i, kinds.BYTE if _is_byte_piece(piece) else kinds.NORMAL)
+        proto.pieces.add(piece=piece, score=score, type=kind)
+    trainer, spec = proto.trainer_spec, proto.normalizer_spec
+    trainer.model_type, trainer.byte_fallback = trainer.BPE, True
+    trainer.unk_id, trainer.bos_id, trainer.eos_id, trainer.pad_id = vocab.unk_id, vocab.bos_id, vocab.eos_id, -1
+    spec.name, spec.add_dummy_prefix, spec.escape_whitespaces, spec.remove_extra_whitespaces = "identity", True, True, False
+    return proto
 
 
 def _is_byte_piece(piece: str) -> bool:
@@ -105,9 +87,7 @@ def set_bos_post_processor(tok: Tokenizer, bos_id: int) -> None:
 def from_llama2c(path: Path) -> TokenizerBundle:
     """llama2.c's binary tokenizer (`tok512.bin`): <unk> 0, <s> 1, </s> 2, then bytes and pieces."""
     vocab = read_llama2c_tokenizer(path)
-    specials = {vocab.unk_id, vocab.bos_id, vocab.eos_id}
-    tok = bpe_tokenizer(vocab, specials)
-    return _bundle(tok, vocab.bos_id, vocab.eos_id, None, True, path)
+    return _bundle(spm_tokenizer(llama2c_proto(vocab)), vocab.bos_id, vocab.eos_id, None, True, path)
 
 
 def from_sentencepiece(path: Path) -> TokenizerBundle:
@@ -121,29 +101,13 @@ def from_sentencepiece(path: Path) -> TokenizerBundle:
         )
     if not trainer.byte_fallback:
         raise InputError(f"{path}: SentencePiece model without byte fallback is not supported; pass its tokenizer.json")
-    kinds = proto.SentencePiece
-    ids = {kind: {i for i, p in enumerate(proto.pieces) if p.type == kind} for kind in kinds.Type.values()}
-    vocab = Vocab(
-        pieces=[p.piece for p in proto.pieces],
-        scores=[p.score for p in proto.pieces],
-        unk_id=trainer.unk_id,
-        bos_id=trainer.bos_id,
-        eos_id=trainer.eos_id,
-    )
-    if min(vocab.bos_id, vocab.eos_id) < 0:
+    if min(trainer.bos_id, trainer.eos_id) < 0:
         raise InputError(f"{path}: the SentencePiece model defines no BOS/EOS piece; pass a tokenizer.json")
-    tok = bpe_tokenizer(
-        vocab,
-        specials=ids[kinds.UNKNOWN] | ids[kinds.CONTROL],
-        add_dummy_prefix=spec.add_dummy_prefix,
-        user_defined=ids[kinds.USER_DEFINED],
-        unused=ids[kinds.UNUSED],
-    )
     pad = trainer.pad_id if trainer.pad_id >= 0 else None
     directory = Path(path).parent
     config = _hf_tokenizer_config(directory)  # an HF directory's chat template applies to its tokenizer.model too
     add_bos = bool(config.get("add_bos_token", True))
-    return _bundle(tok, vocab.bos_id, vocab.eos_id, pad, add_bos, path, directory, config)
+    return _bundle(spm_tokenizer(proto), trainer.bos_id, trainer.eos_id, pad, add_bos, path, directory, config)
 
 
 def _read_sentencepiece_proto(path: Path):

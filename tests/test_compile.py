@@ -15,10 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from board.manifest import (
-    CHAT_TEMPLATES, Arch, Graph, Manifest, Quantization, TensorSpec, Tokens, file_entries, load_manifest,
-    write_manifest,
-)
+from board.manifest import TensorSpec, load_manifest, write_manifest
 from board.ascend import find_plugin
 from host.__main__ import main
 from host.ascend.atc import CompileError, ToolMissing, derive_atc_command, derive_input_shapes, resolve_soc
