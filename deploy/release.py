@@ -8,7 +8,7 @@ after every sha256 checks out on the board and the board's own `board verify` pa
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 
 from deploy import board_cli
@@ -196,8 +196,7 @@ class _Deploy:
         self.checkpoint("during the board's check of the release")
         done = self.remote.onboard("activate", root=self.remote.root, id=self.payload.release_id, incoming=incoming,
                                    record=self.payload.record(), keep=self.remote.board.keep_releases)
-        report = DeployReport(report.release_id, report.uploaded_files, report.uploaded_bytes, report.reused_files,
-                              done["previous"], done["pruned"])
+        report = replace(report, previous=done["previous"], pruned=done["pruned"])
         if self.interrupts.pending:
             raise Interrupted(self.name, f"interrupted during the switch, which completed: "
                                          f"{switched(report.release_id, report.previous)}")

@@ -11,11 +11,11 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import time
-from importlib.util import find_spec
 import socket
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 
 import paramiko
