@@ -1,10 +1,15 @@
 """A real tiny bundle deployed over SSH: `fab generate / bench / chat` run the board's CLI on it."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import select
 import subprocess
 import sys
+import termios
+import time
 
 import pytest
 
@@ -71,3 +76,43 @@ def test_fab_chat_from_dev_null_ends_instead_of_waiting_forever(deployed):
                        timeout=60)  # it used to wait for a key on the board's pty
     assert p.returncode == 0, p.stderr
     assert "Traceback" not in p.stderr
+
+
+def read_until(fd: int, marker: bytes, seen: bytes, timeout: float = 60) -> bytes:
+    """Read the pty until `marker` shows once more than in what was `seen`; the whole transcript."""
+    deadline, want = time.monotonic() + timeout, seen.count(marker) + 1
+    while seen.count(marker) < want:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {marker!r} within {timeout} s; the terminal showed {seen[-400:]!r}")
+        ready, _, _ = select.select([fd], [], [], 1)
+        if ready:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:  # EIO: the terminal closed
+                break
+    return seen
+
+
+def test_fab_chat_on_a_terminal_answers_through_the_boards_pty_and_exits(deployed, tiny_bundle):
+    local = subprocess.run([sys.executable, "-m", "board", "chat", "--bundle", str(tiny_bundle)], cwd=ROOT,
+                           input="hello\n", capture_output=True, text=True, timeout=60)
+    answer = local.stdout.split("> ")[1].strip()
+    master, slave = pty.openpty()
+    env = {**os.environ, "EDGE_LLM_INVENTORY": str(deployed)}
+    # the pty is fab's controlling terminal, as in a shell: only then does invoke put it in cbreak mode
+    proc = subprocess.Popen([str(FAB), "chat"], cwd=ROOT, env=env, stdin=slave, stdout=slave, stderr=slave,
+                            start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+    os.close(slave)
+    try:
+        shown = read_until(master, b"> ", b"")
+        os.write(master, b"hello\r")
+        shown = read_until(master, b"> ", shown)
+        os.write(master, b"/exit\r")
+        shown = read_until(master, b"\n", shown + b"/exit", timeout=30)  # the echo of /exit
+        assert proc.wait(timeout=60) == 0, shown
+    finally:
+        proc.kill()
+        os.close(master)
+    text = shown.decode(errors="replace").replace("\r\n", "\n")
+    assert "/reset clears the conversation" in text and "hello" in text  # the board's REPL, the echoed line
+    assert answer and answer in text  # the same sampled answer as the board CLI run locally (same seed)
