@@ -20,7 +20,10 @@ def full_logits(hf, ids: list[int]) -> torch.Tensor:
 
 
 def feed(model: EdgeLlama, cache: torch.Tensor, slots: list[int], ids: list[int], start: int, filled: list[int]):
-    """Run `ids` at absolute positions start.. with cache slots `filled` visible; store K/V into `slots`."""
+    """Run `ids` at absolute positions start.. with cache slots `filled` visible; store K/V into `slots`.
+
+    Below the runtime on purpose: it places K/V in arbitrary slots (which board.kvcache never
+    does) to pin the graph signature's slot/mask contract itself; everything above uses board.engine."""
     kv = cache.shape[4]
     mask = torch.zeros(1, kv + len(ids), dtype=torch.long)
     mask[0, filled] = 1
