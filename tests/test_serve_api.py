@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
+from http.client import HTTPConnection
 
 import openai
 import pytest
@@ -170,6 +172,24 @@ def test_client_that_disconnects_mid_stream_frees_the_engine_at_once(guarded):
     generated = after["edge_llm_completion_tokens_total"] - before
     assert 3 <= generated < 200, f"{generated} tokens generated of 2000 asked: the engine kept going"
     assert chat_text(guarded.client(), "hi", max_tokens=3)  # and it answers the next client
+
+
+def test_client_that_leaves_before_a_whole_answer_frees_the_engine_too(guarded):
+    before = _wait_idle(guarded)["edge_llm_completion_tokens_total"]
+    body = json.dumps({"messages": [{"role": "user", "content": "go on"}], "max_tokens": 2000, "temperature": 0})
+    conn = HTTPConnection(guarded.url.removeprefix("http://"), timeout=30)
+    conn.request("POST", "/v1/chat/completions", body,
+                 {"Content-Type": "application/json", "Authorization": f"Bearer {guarded.api_key}"})
+    deadline = time.monotonic() + 10
+    while guarded.metrics()["edge_llm_requests_running"] < 1:  # not streamed: nothing to read until the end
+        assert time.monotonic() < deadline, "the request never started"
+        time.sleep(0.02)
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+    after = _wait_idle(guarded, timeout=5)
+    generated = after["edge_llm_completion_tokens_total"] - before
+    assert generated < 200, f"{generated} tokens generated of 2000 asked: the engine kept going"
+    assert chat_text(guarded.client(), "hi", max_tokens=3)
 
 
 def test_full_queue_answers_429_and_the_waiting_request_is_still_served(guarded):

@@ -32,6 +32,16 @@ def _error(e: ApiError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status)
 
 
+async def _cancel_when_gone(request: Request, job: Job, every: float = 0.2) -> None:
+    """A whole (non-streamed) answer writes nothing until it ends, so no failed write tells that the
+    client left: poll the connection and stop the engine once it is gone."""
+    while not job.cancelled.is_set():
+        if await request.is_disconnected():
+            job.cancelled.set()
+            return
+        await asyncio.sleep(every)
+
+
 def _sse(data) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
 
@@ -129,10 +139,11 @@ class Api:
         if req.stream:
             return StreamingResponse(self._stream(job, req, reply), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return await self._whole(job, reply)
+        return await self._whole(job, reply, request)
 
-    async def _whole(self, job: Job, reply: Reply) -> Response:
+    async def _whole(self, job: Job, reply: Reply, request: Request) -> Response:
         parts = []
+        watch = asyncio.create_task(_cancel_when_gone(request, job))
         try:
             while True:
                 kind, data = await job.events.get()
@@ -144,6 +155,7 @@ class Api:
                     done = data
                     break
         finally:
+            watch.cancel()
             job.cancelled.set()  # a handler cancelled by a gone client stops the engine too
         use = usage(done["prompt_tokens"], done["completion_tokens"], done["cached_tokens"])
         return JSONResponse(reply.full("".join(parts), FINISH[done["finish_reason"]], use))
