@@ -80,7 +80,7 @@ def generate(
             if cancelled is not None and cancelled():
                 finish = "interrupted"
                 break
-            token = sample(logits, cfg.sampling, rng, history=engine.fed)
+            token = sample(logits, cfg.sampling, rng, history=engine.fed, generated=tokens)
             if token in stop_ids:
                 finish = "eos"
                 break

@@ -1,4 +1,5 @@
-"""Choosing the next token from logits: greedy, temperature, top-k, top-p, repetition penalty.
+"""Choosing the next token from logits: greedy, temperature, top-k, top-p, repetition penalty, and
+OpenAI's frequency and presence penalties.
 
 Pure numpy. The random draw comes from a passed np.random.Generator, so runs are reproducible.
 """
@@ -11,6 +12,7 @@ import numpy as np
 
 
 MAX_PENALTY = 100.0  # beyond this, seen logits overflow float32 to +-inf and sampling degenerates
+OPENAI_PENALTY = 2.0  # frequency/presence penalties are in [-2, 2], as OpenAI's API documents
 
 
 @dataclass(frozen=True)
@@ -21,10 +23,13 @@ class SamplingConfig:
     top_k: int = 40
     top_p: float = 0.95
     repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0  # subtracted from a logit once per time the token was generated
+    presence_penalty: float = 0.0  # subtracted once from every token generated at least once
 
     def __post_init__(self):
         # NaN passes every comparison below as False, so finiteness is checked first
-        bad = [n for n in ("temperature", "top_p", "repetition_penalty") if not math.isfinite(getattr(self, n))]
+        names = ("temperature", "top_p", "repetition_penalty", "frequency_penalty", "presence_penalty")
+        bad = [n for n in names if not math.isfinite(getattr(self, n))]
         if bad:
             raise ValueError(f"{bad[0]} {getattr(self, bad[0])} must be a finite number")
         if self.temperature < 0:
@@ -35,6 +40,9 @@ class SamplingConfig:
             raise ValueError(f"top_p {self.top_p} must be in (0, 1] (1 = off)")
         if not 0 < self.repetition_penalty <= MAX_PENALTY:
             raise ValueError(f"repetition_penalty {self.repetition_penalty} must be in (0, {MAX_PENALTY}] (1 = off)")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if abs(getattr(self, name)) > OPENAI_PENALTY:
+                raise ValueError(f"{name} {getattr(self, name)} must be in [-{OPENAI_PENALTY}, {OPENAI_PENALTY}] (0 = off)")
 
     @property
     def greedy(self) -> bool:
@@ -53,6 +61,14 @@ def apply_repetition_penalty(logits: np.ndarray, history, penalty: float) -> np.
     vals = out[seen]
     out[seen] = np.where(vals > 0, vals / penalty, vals * penalty)
     return out
+
+
+def apply_openai_penalties(logits: np.ndarray, generated, frequency: float, presence: float) -> np.ndarray:
+    """OpenAI's penalties over the answer so far: logit -= count * frequency + (count > 0) * presence."""
+    if (frequency == 0.0 and presence == 0.0) or len(generated) == 0:
+        return logits
+    counts = np.bincount(np.asarray(generated, dtype=np.int64), minlength=logits.shape[0])[: logits.shape[0]]
+    return (logits - counts * frequency - (counts > 0) * presence).astype(np.float32)
 
 
 def token_distribution(logits: np.ndarray, cfg: SamplingConfig) -> np.ndarray:
@@ -74,9 +90,10 @@ def token_distribution(logits: np.ndarray, cfg: SamplingConfig) -> np.ndarray:
     return probs
 
 
-def sample(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator, history=()) -> int:
-    """Next token id from logits [V] given the ids generated/fed so far."""
+def sample(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator, history=(), generated=()) -> int:
+    """Next token id from logits [V] given the ids fed so far (`history`) and those of this answer (`generated`)."""
     logits = apply_repetition_penalty(logits, history, cfg.repetition_penalty)
+    logits = apply_openai_penalties(logits, generated, cfg.frequency_penalty, cfg.presence_penalty)
     if cfg.greedy:
         return int(np.argmax(logits))
     probs = token_distribution(logits, cfg)

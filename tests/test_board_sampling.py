@@ -2,7 +2,9 @@
 import numpy as np
 import pytest
 
-from board.sampling import GREEDY, SamplingConfig, apply_repetition_penalty, sample, token_distribution
+from board.sampling import (
+    GREEDY, SamplingConfig, apply_openai_penalties, apply_repetition_penalty, sample, token_distribution,
+)
 
 
 def softmax(x):
@@ -76,3 +78,18 @@ def test_sampling_follows_the_distribution_and_the_seed():
 def test_invalid_config_names_the_option(kwargs, word):
     with pytest.raises(ValueError, match=word):
         SamplingConfig(**kwargs)
+
+
+def test_openai_penalties_subtract_count_times_frequency_plus_presence_from_generated_tokens():
+    logits = np.array([5.0, 4.0, 3.0, 1.0], dtype=np.float32)
+    got = apply_openai_penalties(logits, [0, 0, 2, 0], frequency=0.5, presence=1.0)
+    np.testing.assert_allclose(got, [5.0 - 3 * 0.5 - 1.0, 4.0, 3.0 - 0.5 - 1.0, 1.0])
+    assert apply_openai_penalties(logits, [], 0.5, 1.0) is logits
+    cfg = SamplingConfig(temperature=0.0, presence_penalty=2.0)
+    # the prompt (history) does not count, the answer (generated) does
+    assert sample(logits, cfg, np.random.default_rng(0), history=[0, 0, 0]) == 0
+    assert sample(logits, cfg, np.random.default_rng(0), history=[0], generated=[0]) == 1
+    with pytest.raises(ValueError, match=r"frequency_penalty 2.5 must be in \[-2.0, 2.0\]"):
+        SamplingConfig(frequency_penalty=2.5)
+    with pytest.raises(ValueError, match="presence_penalty nan must be a finite number"):
+        SamplingConfig(presence_penalty=float("nan"))

@@ -7,9 +7,15 @@ import threading
 import time
 from http.client import HTTPConnection
 
+import numpy as np
 import openai
 import pytest
 
+from board.backends import open_backend
+from board.bundle import open_bundle
+from board.engine import Engine
+from board.generate import GenerateConfig, generate
+from board.sampling import SamplingConfig
 from tests.support.serve import http, start_server
 
 GREEDY = {"temperature": 0}
@@ -52,6 +58,25 @@ def test_completion_continues_the_prompt_with_the_models_greedy_text(stories):
     assert r.object == "text_completion" and r.id.startswith("cmpl-")
     assert r.choices[0].text == LILY and r.choices[0].finish_reason == "length"
     assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (5, 10, 15)
+
+
+def local_greedy(bundle_path, prompt: str, n: int, **penalties) -> str:
+    """The board library's own greedy continuation, in this process, with the given penalties."""
+    bundle = open_bundle(bundle_path)
+    cfg = GenerateConfig(n, SamplingConfig(temperature=0.0, **penalties))
+    with open_backend(bundle, "onnxruntime", threads=1) as backend:
+        engine = Engine(backend, bundle.manifest.arch, bundle.manifest.graph)
+        ids = bundle.tokenizer.encode(prompt, bos=True)
+        return generate(engine, bundle.tokenizer, ids, cfg, np.random.default_rng(0)).text
+
+
+def test_frequency_and_presence_penalties_change_the_answer_as_the_board_library_does(stories, stories_bundle):
+    ask = lambda **kw: stories.client().completions.create(model="m", prompt="Once upon a time", max_tokens=40,
+                                                           **GREEDY, **kw).choices[0].text
+    plain, steered = ask(), ask(presence_penalty=2.0, frequency_penalty=0.5)
+    assert ask(presence_penalty=0, frequency_penalty=0.0) == plain == local_greedy(stories_bundle, "Once upon a time", 40)
+    assert steered != plain  # greedy stories260K repeats tokens within 40 ("she", ","): the penalties move it
+    assert steered == local_greedy(stories_bundle, "Once upon a time", 40, presence_penalty=2.0, frequency_penalty=0.5)
 
 
 def test_stop_string_ends_the_answer_before_it_and_says_stop(stories):
@@ -97,7 +122,8 @@ def test_seeded_sampling_repeats_and_temperature_changes_the_text(stories):
     ({"messages": []}, "messages", "non-empty list"),
     ({"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, "temperature", "must be"),
     ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, "max_tokens", ">= 1"),
-    ({"messages": [{"role": "user", "content": "hi"}], "frequency_penalty": 0.5}, "frequency_penalty", "not supported"),
+    ({"messages": [{"role": "user", "content": "hi"}], "frequency_penalty": 2.5}, "frequency_penalty", "in [-2, 2]"),
+    ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, "n", "must be 1"),
     ({"messages": [{"role": "user", "content": "a " * 400}]}, "messages", "context is 256 tokens"),
     ({"messages": [{"role": "assistant", "content": "hi"}]}, "messages[0].role", "user message was expected"),
 ])

@@ -1,7 +1,7 @@
 """The OpenAI wire format: validate a request body into a typed request, shape responses and errors.
 
-Only what the server implements is accepted; a field it cannot honour (n > 1, non-zero
-frequency/presence penalty) is a 400 that says so, never silently ignored.
+Only what the server implements is accepted; a field it cannot honour (n > 1) is a 400 that
+says so, never silently ignored.
 """
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from board.sampling import SamplingConfig
+from board.sampling import OPENAI_PENALTY, SamplingConfig
 
 ROLES = ("system", "developer", "user", "assistant")  # "developer" is OpenAI's newer name for system
 MAX_STOPS = 4
+OPENAI_RANGE = (lambda v: -OPENAI_PENALTY <= v <= OPENAI_PENALTY, f"a number in [-{OPENAI_PENALTY:g}, {OPENAI_PENALTY:g}]")
 
 
 class ApiError(Exception):
@@ -106,11 +107,6 @@ def _stop(body: dict) -> tuple:
 
 
 def _refuse_unsupported(body: dict) -> None:
-    for name in ("frequency_penalty", "presence_penalty"):
-        value = _typed(body, name, (int, float), 0, lambda v: -2 <= v <= 2, "a number in [-2, 2]")
-        if value:
-            raise bad(f"'{name}' is not supported by this server; send 0 or leave it out "
-                      "(the 'repetition_penalty' extension, > 0, 1 = off, penalises repeats)", name, "unsupported_parameter")
     if _typed(body, "n", (int,), 1) != 1:
         raise bad("'n' must be 1: this server returns one choice per request", "n", "unsupported_parameter")
 
@@ -131,6 +127,8 @@ def parse_request(body, kind: str, default_max_tokens: int) -> CompletionRequest
         top_p=float(_typed(body, "top_p", (int, float), 1.0, lambda v: 0 < v <= 1, "a number in (0, 1]")),
         top_k=_typed(body, "top_k", (int,), 0, lambda v: v >= 0, "an integer >= 0 (0 = off)"),
         repetition_penalty=float(_typed(body, "repetition_penalty", (int, float), 1.0, lambda v: v > 0, "a number > 0")),
+        frequency_penalty=float(_typed(body, "frequency_penalty", (int, float), 0, *OPENAI_RANGE)),
+        presence_penalty=float(_typed(body, "presence_penalty", (int, float), 0, *OPENAI_RANGE)),
     )
     return CompletionRequest(
         kind=kind,
