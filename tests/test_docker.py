@@ -65,3 +65,15 @@ def test_cann_image_builds_the_plugin_and_installs_the_310b_kernels():
     assert "ARG KERNELS_RUN=Ascend-cann-kernels-310b_" in text
     assert "/opt/edge-llm/plugin/build.sh" in text and 'ENTRYPOINT ["/usr/local/bin/cann-entrypoint"]' in text
     assert DEFAULT_IMAGE in text  # the build command in its header makes the tag the runner expects
+
+
+def test_plugin_source_compiles_against_the_documented_api():
+    """g++ -fsyntax-only against stand-in headers (tests/data/ascend/standin-headers, TEST ONLY) that
+    declare no GetInputsSize: a plugin that called it would not compile here."""
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("g++ not installed (apt install g++)")
+    headers = ROOT / "tests" / "data" / "ascend" / "standin-headers"
+    p = subprocess.run([gxx, "-std=c++17", "-fsyntax-only", "-Wall", "-Werror", "-I", str(headers),
+                        str(PLUGIN / "matmul_integer_plugin.cc")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
