@@ -251,3 +251,23 @@ def test_smollm2_fetched_checkpoint_loads_as_a_tied_30_layer_llama(smollm2):
     assert (numbers["num_layers"], numbers["num_heads"], numbers["num_kv_heads"], numbers["vocab_size"]) == (30, 9, 3, 49152)
     assert loaded.model.lm_head.weight.data_ptr() == loaded.model.model.embed_tokens.weight.data_ptr()  # tied
     assert smollm2.gguf.stat().st_size == 98362432
+
+
+def test_smollm2_gguf_loads_as_its_hf_directory_with_tokenizer_and_chat_template(smollm2):
+    """--model FILE.gguf: the same dequantized weights, tokenizer ids, chat template and stop ids as the
+    Hugging Face directory fetch-smollm2.sh converted from that very file."""
+    import torch
+
+    from host.tokenizer import load_tokenizer
+
+    gguf, hf = load_model(str(smollm2.gguf)), load_model(str(smollm2.hf_dir))
+    assert gguf.name == "SmolLM2-135M-Instruct.Q4_1" and arch_numbers(gguf.config) == arch_numbers(hf.config)
+    ids = torch.tensor([[1, 504, 3575, 282, 4649, 314, 7042, 30]])
+    with torch.no_grad():
+        torch.testing.assert_close(gguf.model(ids).logits, hf.model(ids).logits, atol=1e-4, rtol=0)
+    tok, ref = gguf.tokenizer, load_tokenizer(None, hf.model_dir, hf.config.vocab_size)
+    text = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    assert tok.tokenizer.encode(text).ids == ref.tokenizer.encode(text).ids
+    assert (tok.bos_id, tok.eos_id, tok.chat_template, tok.chat.source) == (ref.bos_id, ref.eos_id, "chatml", "gguf")
+    assert tok.chat.jinja == ref.chat.jinja and "<|im_start|>" in tok.chat.jinja
+    assert tok.chat.stop_ids == ref.chat.stop_ids
