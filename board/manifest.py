@@ -18,8 +18,10 @@ from typing import Any, Literal, get_args
 # Version 1: first layout (DESIGN.md §2-§3): logits for every new position, KV [L,2,1,Hkv,KV,D].
 # 2: the model's Jinja chat template and stop ids (chat_template.jinja/.source/.special_tokens, tokens.stop_ids);
 # a board that knows only 1 would render the built-in rules instead, so it must refuse, not guess.
-FORMAT_VERSION = 2
-SUPPORTED_FORMAT_VERSIONS = (1, 2)  # 1 loads with the new fields at their defaults
+# 3: the same signature, but an onnxruntime W8A8 graph may hold contrib operators (quantization dialect
+# "nbits8": com.microsoft MatMulNBits, host/nbits.py) that a board reading 2 would not expect.
+FORMAT_VERSION = 3
+SUPPORTED_FORMAT_VERSIONS = (1, 2, 3)  # older versions load with the new fields at their defaults
 MANIFEST_NAME = "manifest.json"
 
 
@@ -65,12 +67,14 @@ class Graph:
 
 
 QuantScheme = Literal["none", "w8a8"]
-Dialect = Literal["u8u8", "s8s8"]  # W8A8 integer layout: u8u8 for onnxruntime CPU, s8s8 for the Ascend plugin
+Dialect = Literal["nbits8", "u8u8", "s8s8"]  # W8A8 integer layout: nbits8/u8u8 for onnxruntime CPU, s8s8 for the Ascend plugin
 ActScheme = Literal["dynamic", "static"]  # activation scales per token at run time, or per tensor from calibration
 QUANT_SCHEMES: tuple = get_args(QuantScheme)
 DIALECTS: tuple = get_args(Dialect)
 ACT_SCHEMES: tuple = get_args(ActScheme)
 ACTIVATIONS = {"dynamic": "int8_per_token_dynamic", "static": "int8_per_tensor_static"}  # ActScheme -> manifest name
+# nbits8 quantizes activations inside onnxruntime's MatMulNBits, per block of features (host/nbits.py)
+NBITS_ACTIVATIONS = "int8_per_block32_dynamic"
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ def _add_build(sub) -> None:
     p.add_argument("--prefill-chunks", default="1,16,64", help="comma-separated prefill chunk lengths (default 1,16,64)")
     p.add_argument("--dtype", choices=KV_DTYPES, default="fp32", help="KV cache dtype (default fp32)")
     p.add_argument("--target", choices=tuple(TARGETS), default="ort",
-                   help="W8A8 graph dialect: ort = u8u8 for onnxruntime CPU, ascend = s8s8 for the NPU")
+                   help="W8A8 graph dialect: ort = nbits8 (MatMulNBits; u8u8 with --act-scheme static) for onnxruntime CPU, ascend = s8s8 for the NPU")
     p.add_argument("--compute", choices=KV_DTYPES,
                    help="dtype of activations, norms and attention (default: fp16 for --target ascend, else fp32); "
                         "integer matmuls are the same either way")

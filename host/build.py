@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from board.manifest import ACTIVATIONS, CHAT_TEMPLATES, Manifest, Quantization, Tokens
+from board.manifest import ACTIVATIONS, CHAT_TEMPLATES, NBITS_ACTIVATIONS, Manifest, Quantization, Tokens
 from host.buildconfig import BuildConfig
 from host.bundle import REPORT_NAME, TOKENIZER_NAME, check_out, staging, write_bundle_manifest
 from host.calibrate import collect_inputs, split_text, summarize
@@ -92,7 +92,7 @@ def quantization_record(config: BuildConfig, graph_model) -> Quantization:
         scheme="w8a8",
         dialect=config.dialect,
         weights="int8_per_channel_symmetric",
-        activations=ACTIVATIONS[config.act_scheme],
+        activations=NBITS_ACTIVATIONS if config.dialect == "nbits8" else ACTIVATIONS[config.act_scheme],
         smooth_alpha=config.smooth_alpha,
         quantized_layers=quantized_layer_count(graph_model),
     )

@@ -13,7 +13,9 @@ from host.errors import InputError
 
 Target = Literal["ort", "ascend"]
 KVDtype = Literal["fp32", "fp16"]
-TARGETS: dict[Target, Dialect] = {"ort": "u8u8", "ascend": "s8s8"}  # target -> W8A8 graph dialect (host/quantize.py)
+TARGETS: dict[Target, Dialect] = {"ort": "nbits8", "ascend": "s8s8"}  # target -> W8A8 graph dialect (host/quantize.py)
+# onnxruntime's MatMulNBits (nbits8) quantizes activations itself, at run time: static scales need u8u8
+STATIC_DIALECTS: dict[Target, Dialect] = {"ort": "u8u8", "ascend": "s8s8"}
 KV_DTYPES: tuple = get_args(KVDtype)
 # What each target computes activations in unless --compute says otherwise: the NPU runs fp16 on
 # its AI Cores (fp32 ops fall back to the AI CPU). Its opset is the lowest that expresses the graph.
@@ -82,7 +84,7 @@ class BuildConfig:
 
     @property
     def dialect(self) -> Dialect:
-        return TARGETS[self.target]
+        return (STATIC_DIALECTS if self.act_scheme == "static" else TARGETS)[self.target]
 
     @property
     def smooth_alpha(self) -> float | None:

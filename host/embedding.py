@@ -18,13 +18,15 @@ from host.quantize import W8A8Linear, quantize_weight_per_channel_absmax
 class Int8Embedding(nn.Module):
     """Rows of an int8 table gathered and dequantized; `axis` 0 for a [V,H] table, 1 for a head's [H,V] codes."""
 
-    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, zero_point: int = 0, axis: int = 0):
+    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, zero_point: int = 0, axis: int = 0,
+                 width: int | None = None):
         super().__init__()
         # buffers become initializers (plain tensors would be Constant nodes, outside external data);
         # the very tensors of a tied head stay one initializer shared by both uses
         self.register_buffer("codes", codes)
         self.register_buffer("scale", scale)
         self.zero_point, self.axis = zero_point, axis
+        self.width = width  # a head's padded [V, blocks, block] codes (nbits8): the first `width` of each row
 
     @classmethod
     def from_float(cls, embedding: nn.Embedding) -> "Int8Embedding":
@@ -34,13 +36,16 @@ class Int8Embedding(nn.Module):
 
     @classmethod
     def from_head(cls, head: W8A8Linear) -> "Int8Embedding":
-        """Share the codes and scales of a tied lm_head (stored [H,V], with its dialect's zero point)."""
+        """Share the codes and scales of a tied lm_head (stored [H,V], or [V,blocks,block] for nbits8, with its zero point)."""
+        if head.weight_q.dim() == 3:
+            return cls(head.weight_q, head.weight_scale, head.zero_point, axis=0, width=head.in_features)
         return cls(head.weight_q, head.weight_scale, head.zero_point, axis=1)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         ids = input_ids[0]
         rows = torch.index_select(self.codes, self.axis, ids)  # [S,H], or [H,S] from a head's codes
         rows = rows.t() if self.axis == 1 else rows
+        rows = rows.flatten(1)[:, : self.width] if self.width else rows
         values = rows.to(torch.float32) - self.zero_point if self.zero_point else rows.to(torch.float32)
         return (values * torch.index_select(self.scale, 0, ids)[:, None])[None]
 

@@ -26,11 +26,12 @@ from torch import nn
 
 from board.manifest import ACT_SCHEMES, DIALECTS, ActScheme, Dialect
 from host.model import FUSED_PROJECTIONS, PROJECTIONS, EdgeLlama, RMSNorm
+from host.nbits import NBitsLinear
 from host.smooth import SMOOTH_GROUPS, fold, group_scales, weight_absmax
 
 QMAX = 127  # symmetric int8: codes -127..127 (no -128, so negation is exact)
 EPS = 1e-8  # floor on scales so an all-zero row or token does not divide by zero
-_ZERO_POINT = {"u8u8": 128, "s8s8": 0}
+_ZERO_POINT = {"u8u8": 128, "s8s8": 0, "nbits8": 128}
 
 
 def quantize_weight_per_channel_absmax(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,6 +204,8 @@ def quantize_model(
     exist one layer at a time, so peak memory stays near fp32 model + int8 copy. `absmax` (from
     calibration) is needed for smoothing or static scales.
     """
+    if dialect == "nbits8" and act_scheme != "dynamic":
+        raise ValueError("the nbits8 dialect quantizes activations at run time; static scales need u8u8")
     if (smooth_alpha is not None or act_scheme == "static") and absmax is None:
         raise ValueError("SmoothQuant and static activation scales need calibration statistics")
     from host.embedding import quantize_embedding  # it builds on this module's quantizer
@@ -271,10 +274,11 @@ def _swap(owner, attr: str, names: tuple, layer: LayerFloats, act_scheme: str, d
     """Set `owner.attr` to the W8A8Linear of the projections `names` (one, or a group sharing its input)."""
     known = [float(layer.inputs[p].max()) for p in names if layer.inputs[p] is not None]
     act_max = max(known) if known else None  # a group's inputs are one tensor: the same range
-    setattr(owner, attr, W8A8Linear.from_weights([layer.weights[p] for p in names], [layer.biases[p] for p in names],
-                                                 act_scheme, dialect, act_max))
+    module = W8A8Linear.from_weights([layer.weights[p] for p in names], [layer.biases[p] for p in names],
+                                     act_scheme, dialect, act_max)
+    setattr(owner, attr, NBitsLinear.from_w8a8(module) if dialect == "nbits8" else module)
 
 
 def quantized_layer_count(model) -> int:
     """How many of the model's linear layers are quantized (a fused group counts each of its linears)."""
-    return sum(len(m.split_sizes) for m in model.modules() if isinstance(m, W8A8Linear))
+    return sum(len(m.split_sizes) for m in model.modules() if isinstance(m, (W8A8Linear, NBitsLinear)))

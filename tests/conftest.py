@@ -22,7 +22,7 @@ def tiny_bundle(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_w8a8_bundle(tmp_path_factory) -> Path:
-    """The same model as `tiny_bundle`, W8A8 (u8u8 dialect, per-token dynamic activations)."""
+    """The same model as `tiny_bundle`, W8A8 (nbits8 dialect: MatMulNBits, activations per block of 32)."""
     from tests.support.bundles import build_test_bundle
 
     return build_test_bundle(tmp_path_factory.mktemp("bundles") / "tiny-w8a8", quant="w8a8")

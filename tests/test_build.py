@@ -58,10 +58,11 @@ def test_tiny_w8a8_bundle_records_quantization_and_verification(tiny_w8a8_bundle
     manifest = load_manifest(tiny_w8a8_bundle)
     q = manifest.quantization
     assert (q.scheme, q.dialect, q.weights, q.activations, q.quantized_layers) == (
-        "w8a8", "u8u8", "int8_per_channel_symmetric", "int8_per_token_dynamic", 15)
+        "w8a8", "nbits8", "int8_per_channel_symmetric", "int8_per_block32_dynamic", 15)
     report = json.loads((tiny_w8a8_bundle / "report.json").read_text())
     assert set(report["calibration"]["linears"]) >= {"layers.0.q_proj", "layers.1.down_proj", "lm_head"}
-    assert report["export"]["ops"]["MatMulInteger"] == 9  # 2 layers x (qkv, o, gate_up, down) + lm_head
+    ops = report["export"]["ops"]
+    assert ops["MatMulNBits"] == 9 and "MatMulInteger" not in ops  # 2 layers x (qkv, o, gate_up, down) + lm_head
     assert all(oct(p.stat().st_mode & 0o777) == "0o644" for p in tiny_w8a8_bundle.iterdir())
     v = report["verification"]
     assert v["parity"]["onnx_vs_fp32"]["prefill_max_abs"] <= 2 * v["parity"]["twin_vs_fp32"]["prefill_max_abs"] + 1e-3

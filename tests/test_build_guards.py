@@ -91,7 +91,8 @@ def test_kv_len_and_calibration_length_are_bounded_by_the_model_and_the_memory(t
 
 def test_build_config_is_frozen_and_checked_once_with_the_fix(tmp_path):
     config = BuildConfig(model="m", out=str(tmp_path), prefill_chunks=[64, 16])
-    assert config.prefill_chunks == (1, 16, 64) and config.out == tmp_path and config.dialect == "u8u8"
+    assert config.prefill_chunks == (1, 16, 64) and config.out == tmp_path and config.dialect == "nbits8"
+    assert BuildConfig(model="m", out=str(tmp_path), act_scheme="static").dialect == "u8u8"
     with pytest.raises(FrozenInstanceError):
         config.kv_len = 3
     with pytest.raises(InputError, match="--eval-tokens 0: give at least 8"):

@@ -96,7 +96,9 @@ def test_missing_or_corrupt_file_is_an_input_error(tmp_path):
 @pytest.fixture(scope="module")
 def real_bundles(tmp_path_factory):
     root = tmp_path_factory.mktemp("real")
-    return {t: build_test_bundle(root / t, quant="w8a8", target=t) for t in ("ascend", "ort")}
+    bundles = {t: build_test_bundle(root / t, quant="w8a8", target=t) for t in ("ascend", "ort")}
+    # static activation scales keep the onnxruntime target on u8u8 MatMulInteger (nbits8 quantizes at run time)
+    return bundles | {"ort-static": build_test_bundle(root / "ort-static", quant="w8a8", act_scheme="static")}
 
 
 def test_real_s8s8_export_passes_with_only_matmulinteger_needing_the_plugin(real_bundles):
@@ -107,7 +109,13 @@ def test_real_s8s8_export_passes_with_only_matmulinteger_needing_the_plugin(real
     assert {"Gather", "Softmax", "MatMul", "ReduceMean"} <= {u.op_type for u in report.ops if u.status == SUPPORTED}
 
 
-def test_real_u8u8_export_is_rejected_naming_its_zero_point(real_bundles):
+def test_real_nbits8_export_is_rejected_naming_the_contrib_domain(real_bundles):
     report = check_model(real_bundles["ort"] / "model.onnx")
+    assert [u.op_type for u in report.unsupported] == ["MatMulNBits"]
+    assert "domain 'com.microsoft' is not parsed by ATC" in _status(report, "MatMulNBits").note
+
+
+def test_real_u8u8_export_is_rejected_naming_its_zero_point(real_bundles):
+    report = check_model(real_bundles["ort-static"] / "model.onnx")
     assert [u.op_type for u in report.unsupported] == ["MatMulInteger"]
     assert "is 128 (uint8), not 0" in _status(report, "MatMulInteger").note
