@@ -73,8 +73,8 @@ QUANT_SCHEMES: tuple = get_args(QuantScheme)
 DIALECTS: tuple = get_args(Dialect)
 ACT_SCHEMES: tuple = get_args(ActScheme)
 ACTIVATIONS = {"dynamic": "int8_per_token_dynamic", "static": "int8_per_tensor_static"}  # ActScheme -> manifest name
-# nbits8 quantizes activations inside onnxruntime's MatMulNBits, per block of features (host/nbits.py)
-NBITS_ACTIVATIONS = "int8_per_block32_dynamic"
+# nbits8 quantizes activations inside onnxruntime's MatMulNBits, per block of 128, 64 or 32 features (host/nbits.py)
+NBITS_ACTIVATIONS = "int8_per_block_dynamic"
 
 
 @dataclass(frozen=True)

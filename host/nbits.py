@@ -1,12 +1,12 @@
 """The `nbits8` W8A8 dialect (onnxruntime CPU): each linear is one contrib `MatMulNBits` node.
 
 The weights are the W8A8 integers of DESIGN.md §4 unchanged: int8 codes per output channel, stored
-as codes + 128 (uint8, onnxruntime's default 8-bit zero point) in MatMulNBits' [N, blocks, BLOCK]
-layout, the channel's scale repeated for each block of BLOCK input features (K is zero-padded to
-whole blocks). With `accuracy_level` 4 onnxruntime quantizes the activation itself, to int8 per
-block of BLOCK features (scale = max|x_block| / 127), and runs an int8 dot product per block, as
-llama.cpp's Q8_0 does. So activations get one scale per block instead of one per token (finer:
-at least as accurate), and the ~12 nodes of a quantize + MatMulInteger + rescale become one.
+as codes + 128 (uint8, onnxruntime's default 8-bit zero point) in MatMulNBits' [N, blocks, block]
+layout, the channel's scale repeated for each block of input features (`block_for`: 128, 64 or 32;
+K zero-padded to whole blocks). With `accuracy_level` 4 onnxruntime quantizes the activation itself, to int8 per
+block of features (scale = max|x_block| / 127), and runs an int8 dot product per block, as
+llama.cpp's Q8_0 does. So activations get one scale per block instead of one per token (never
+coarser), and the ~12 nodes of a quantize + MatMulInteger + rescale become one.
 Only the onnxruntime target uses it: ATC knows no contrib operator (the Ascend dialect is s8s8).
 """
 from __future__ import annotations
@@ -14,10 +14,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-BLOCK = 32  # features per activation (and weight-scale) block; MatMulNBits needs a power of two >= 16
+# Features per activation (and weight-scale) block: MatMulNBits needs a power of two >= 16. Larger
+# blocks read fewer repeated scales (fp32: 4 bytes per block per channel), so the largest that
+# divides K wins (no padding to read either). Measured on the 22-layer TinyLlama shape, decode step
+# in the same run: blocks of 128 < 64 < 32 < u8u8 MatMulInteger (bench/profile_decode.py).
+BLOCKS = (128, 64, 32)
 ZERO_POINT = 128  # MatMulNBits' default for 8 bits: code = q + 128
 ACCURACY_LEVEL = 4  # int8 activations, integer dot products (onnxruntime's CompInt8 kernels)
 QMAX = 127
+
+
+def block_for(k: int) -> int:
+    """The largest of BLOCKS that divides k; else the smallest, with K zero-padded to whole blocks."""
+    return next((b for b in BLOCKS if k % b == 0), BLOCKS[-1])
 
 
 def quantize_activation_per_block(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,7 +63,7 @@ class NBitsMatMul(torch.autograd.Function):
 class NBitsLinear(nn.Module):
     """A W8A8Linear's integers as one MatMulNBits: same weight codes and per-channel scales, activations per block."""
 
-    def __init__(self, in_features: int, out_features: int, split_sizes: tuple, block: int = BLOCK):
+    def __init__(self, in_features: int, out_features: int, split_sizes: tuple, block: int):
         super().__init__()
         self.in_features, self.out_features, self.block = in_features, out_features, block
         self.split_sizes = tuple(split_sizes)
@@ -66,9 +75,9 @@ class NBitsLinear(nn.Module):
         self.register_buffer("bias", None)
 
     @classmethod
-    def from_w8a8(cls, linear, block: int = BLOCK) -> "NBitsLinear":
-        """The codes, scales and bias of a W8A8Linear (any dialect) in MatMulNBits' layout."""
-        module = cls(linear.in_features, linear.out_features, linear.split_sizes, block)
+    def from_w8a8(cls, linear, block: int | None = None) -> "NBitsLinear":
+        """The codes, scales and bias of a W8A8Linear (any dialect) in MatMulNBits' layout (block: `block_for(K)`)."""
+        module = cls(linear.in_features, linear.out_features, linear.split_sizes, block or block_for(linear.in_features))
         codes = (linear.weight_q.to(torch.int16) - linear.zero_point + ZERO_POINT).to(torch.uint8).t()  # [N,K]
         module.weight_q.view(linear.out_features, -1)[:, : linear.in_features] = codes
         module.weight_scale = linear.weight_scale.clone()

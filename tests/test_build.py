@@ -58,7 +58,7 @@ def test_tiny_w8a8_bundle_records_quantization_and_verification(tiny_w8a8_bundle
     manifest = load_manifest(tiny_w8a8_bundle)
     q = manifest.quantization
     assert (q.scheme, q.dialect, q.weights, q.activations, q.quantized_layers) == (
-        "w8a8", "nbits8", "int8_per_channel_symmetric", "int8_per_block32_dynamic", 15)
+        "w8a8", "nbits8", "int8_per_channel_symmetric", "int8_per_block_dynamic", 15)
     report = json.loads((tiny_w8a8_bundle / "report.json").read_text())
     assert set(report["calibration"]["linears"]) >= {"layers.0.q_proj", "layers.1.down_proj", "lm_head"}
     ops = report["export"]["ops"]
