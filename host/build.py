@@ -142,6 +142,8 @@ def build_from_model(hf_model, tok, text: str, config: BuildConfig, info: dict, 
             graph_model = quantize_model(hf_model, absmax, config.act_scheme, config.dialect, alphas,
                                          kv_dtype, compute)
     quant = quantization_record(config, graph_model)
+    if config.target == "ort":  # contrib operators are onnxruntime's; ATC parses plain ONNX only
+        graph_model.use_contrib_rope()
 
     template = config.chat_template or getattr(tok, "chat_template", None) or "none"
     chat = tok.chat if config.chat_template is None else ChatSource()  # --chat-template: the built-in rules instead

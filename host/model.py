@@ -26,6 +26,7 @@ from board.manifest import Arch
 from host.errors import InputError
 from host.families import check_config, family_of
 from host.load import arch_numbers
+from host.rotary import RotaryEmbedding, rope_tables, tables_fit
 
 # Projection names of one decoder layer, in the order Hugging Face Llama applies them.
 ATTN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -90,13 +91,13 @@ class Block(nn.Module):
             setattr(self, name, getattr(mlp, name))
         self.num_heads, self.num_kv_heads, self.head_dim = arch.num_heads, arch.num_kv_heads, arch.head_dim
 
-    def forward(self, x, cos, sin, mask, past_k, past_v):
-        """x [1,S,H]; cos/sin [S,1,D]; mask [S,KV+S] additive; past_k/v [Hkv,KV,D] float32."""
+    def forward(self, x, rope, mask, past_k, past_v):
+        """x [1,S,H]; rope(t [1,S,heads*D], heads) -> [S,heads,D] rotated; mask [S,KV+S] additive; past_k/v [Hkv,KV,D]."""
         hkv, d = self.num_kv_heads, self.head_dim
         q, k, v = self.project(self.input_layernorm(x), "qkv_proj")
         # -1 for S throughout: the graph then needs no Shape/Gather/Concat to compute shapes
-        q = apply_rope(q.view(-1, self.num_heads, d), cos, sin)
-        k_new = apply_rope(k.view(-1, hkv, d), cos, sin).transpose(0, 1)  # [Hkv,S,D]
+        q = rope(q, self.num_heads)
+        k_new = rope(k, hkv).transpose(0, 1)  # [Hkv,S,D]
         v_new = v.view(-1, hkv, d).transpose(0, 1)
         attn = attend(q, past_k, past_v, k_new, v_new, mask, self.num_heads // hkv)
         x = x + self.o_proj(attn[None])
@@ -166,6 +167,9 @@ class EdgeLlama(nn.Module):
         self.tied = hf_model.lm_head.weight is inner.embed_tokens.weight  # tie_word_embeddings
         self.register_buffer("inv_freq", rotary.inv_freq.detach().float().clone(), persistent=False)
         self.attention_scaling = float(getattr(rotary, "attention_scaling", 1.0))
+        # cos, sin of every position once `use_contrib_rope` (onnxruntime target); buffers become initializers
+        self.register_buffer("rope_cos", None, persistent=False)
+        self.register_buffer("rope_sin", None, persistent=False)
 
     @classmethod
     def from_hf(cls, hf_model, kv_dtype: torch.dtype = torch.float32) -> "EdgeLlama":
@@ -199,11 +203,24 @@ class EdgeLlama(nn.Module):
         a = self.arch
         return torch.zeros(a.num_layers, 2, 1, a.num_kv_heads, kv_len, a.head_dim, dtype=self.kv_dtype)
 
-    def _rope(self, position_ids):
-        """cos, sin [S,1,D]; sin's first half negated so that `apply_rope` needs no Neg (exact: x*(-s) == -(x*s))."""
+    def use_contrib_rope(self) -> "EdgeLlama":
+        """Rotate with onnxruntime's contrib RotaryEmbedding (host/rotary.py) when its tables are small enough."""
+        a = self.arch
+        if tables_fit(a.max_position_embeddings, a.head_dim):
+            self.rope_cos, self.rope_sin = rope_tables(self.inv_freq, a.max_position_embeddings, self.attention_scaling)
+        return self
+
+    def _rope(self, position_ids, dtype: torch.dtype):
+        """rope(t [1,S,heads*D], heads) -> t as [S,heads,D], rotated to the positions of the new tokens."""
+        d = self.arch.head_dim
+        if self.rope_cos is not None and dtype == torch.float32:
+            return lambda t, heads: RotaryEmbedding.apply(t, position_ids, self.rope_cos, self.rope_sin, heads).view(-1, heads, d)
+        # cos, sin [S,1,D]; sin's first half negated so that `apply_rope` needs no Neg (exact: x*(-s) == -(x*s))
         freqs = position_ids[0, :, None].float() * self.inv_freq  # [S,D/2]
         cos, sin = freqs.cos() * self.attention_scaling, freqs.sin() * self.attention_scaling
-        return torch.cat((cos, cos), dim=-1)[:, None], torch.cat((-sin, sin), dim=-1)[:, None]
+        cos = _cast(torch.cat((cos, cos), dim=-1)[:, None], dtype)
+        sin = _cast(torch.cat((-sin, sin), dim=-1)[:, None], dtype)
+        return lambda t, heads: apply_rope(t.view(-1, heads, d), cos, sin)
 
     def _mask(self, attention_mask, kv_len: int, seq_ids):
         """Additive [rep*S,KV+S] (see `attend`): cache slots by their mask bit; new token j visible to i when j <= i and bit j."""
@@ -229,7 +246,7 @@ class EdgeLlama(nn.Module):
         )
         dtype = self.compute_dtype
         x = _cast(self.embed_tokens(input_ids), dtype)
-        cos, sin = (_cast(t, dtype) for t in self._rope(position_ids))
+        rope = self._rope(position_ids, dtype)
         mask = _cast(self._mask(attention_mask, kv_len, input_ids), dtype)
         keys, values = _cache_slabs(past_key_values)
         presents = []
@@ -237,7 +254,7 @@ class EdgeLlama(nn.Module):
             # a cache in another dtype is converted one slab at a time, after the copy, where the slab is small and hot
             past_k = _cast(keys[2 * i], dtype)
             past_v = _cast(values[2 * i + 1].view(keys.shape[1:]), dtype)
-            x, k, v = block(x, cos, sin, mask, past_k, past_v)
+            x, k, v = block(x, rope, mask, past_k, past_v)
             presents += (k, v)
         logits = _cast(self._head(self.norm(x)), torch.float32)
         present = torch.stack(presents).view(past_key_values.shape[:4] + (-1, self.arch.head_dim))

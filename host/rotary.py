@@ -1,0 +1,42 @@
+"""Rotary position embedding as onnxruntime's contrib `RotaryEmbedding` (the onnxruntime target only).
+
+The plain graph rotates q and k with ~10 nodes per layer (split, swap, two products, a sum, for
+each); the contrib operator does it in one node each from cos/sin tables of every position, which
+the exporter stores as initializers. The same arithmetic as `host.model.apply_rope` (HF's
+rotate-half pairing, `interleaved` 0): out = x * cos + rotate_half(x) * sin. ATC parses no contrib
+domain, so the Ascend target keeps the plain nodes.
+"""
+from __future__ import annotations
+
+import torch
+
+# Tables of more positions than this (cos and sin, float32) stay out of the bundle: the plain nodes are used instead.
+MAX_TABLE_BYTES = 32 << 20
+
+
+def rope_tables(inv_freq: torch.Tensor, positions: int, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [positions, D/2] of every position, as `EdgeLlama._rope` computes them for one."""
+    freqs = torch.arange(positions, dtype=torch.float32)[:, None] * inv_freq
+    return freqs.cos() * scaling, freqs.sin() * scaling
+
+
+def tables_fit(positions: int, head_dim: int) -> bool:
+    return 2 * positions * (head_dim // 2) * 4 <= MAX_TABLE_BYTES
+
+
+class RotaryEmbedding(torch.autograd.Function):
+    """x [1,S,heads*D] rotated by position_ids [1,S] with the tables; com.microsoft RotaryEmbedding."""
+
+    @staticmethod
+    def forward(ctx, x, position_ids, cos_table, sin_table, heads: int):
+        cos, sin = cos_table[position_ids[0]][:, None], sin_table[position_ids[0]][:, None]  # [S,1,D/2]
+        first, second = x.view(x.shape[1], heads, -1).chunk(2, dim=-1)
+        out = torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1)
+        return out.view(x.shape)
+
+    @staticmethod
+    def symbolic(g, x, position_ids, cos_table, sin_table, heads: int):
+        y = g.op("com.microsoft::RotaryEmbedding", x, position_ids, cos_table, sin_table, num_heads_i=heads,
+                 interleaved_i=0)
+        y.setType(x.type())
+        return y
