@@ -136,7 +136,7 @@ def build_from_model(hf_model, tok, text: str, config: BuildConfig, info: dict, 
     if w8a8:
         candidates = {"auto": ALPHAS, "off": (None,)}.get(config.smooth, (config.smooth,))
         with stage("search", timings, f"SmoothQuant alpha per layer and group from {len(candidates)} candidate(s)"):
-            alphas, recipe = search_alphas(reference, absmax, calibration.rows, candidates)
+            alphas, recipe = search_alphas(reference, absmax, calibration.rows, candidates, config.dialect)
         del calibration
         with stage("quantize", timings):
             graph_model = quantize_model(hf_model, absmax, config.act_scheme, config.dialect, alphas,

@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from host.model import EdgeLlama
+from host.nbits import block_for, quantize_activation_per_block
 from host.quantize import activation_scale_per_token_absmax, quantize_activation, quantize_weight_per_channel_absmax
 from host.smooth import SMOOTH_GROUPS, group_scales, weight_absmax
 
@@ -23,14 +24,21 @@ ALPHAS = (None, 0.5, 0.6, 0.7, 0.8, 0.9)
 SEARCH_ROWS = 512  # sampled calibration tokens per linear the search scores on
 
 
-def fake_w8a8(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x [T,K] @ w [N,K]^T with x per token and w per output channel through int8 codes, in float."""
-    xs = activation_scale_per_token_absmax(x)
+def fake_w8a8(x: torch.Tensor, w: torch.Tensor, per_block: bool = False) -> torch.Tensor:
+    """x [T,K] @ w [N,K]^T with x per token (or, nbits8, per block of `block_for(K)`) and w per output channel
+    through int8 codes, in float."""
     q, scale = quantize_weight_per_channel_absmax(w)
-    return (quantize_activation(x, xs) * xs) @ (q.float() * scale[:, None]).t()
+    if per_block:
+        codes, xs = quantize_activation_per_block(x, block_for(x.shape[-1]))
+        x_hat = (codes * xs).flatten(-2)[..., : x.shape[-1]]
+    else:
+        xs = activation_scale_per_token_absmax(x)
+        x_hat = quantize_activation(x, xs) * xs
+    return x_hat @ (q.float() * scale[:, None]).t()
 
 
-def group_error(x: torch.Tensor, weights: list[torch.Tensor], s: torch.Tensor | None, wants: list | None = None) -> float:
+def group_error(x: torch.Tensor, weights: list[torch.Tensor], s: torch.Tensor | None, wants: list | None = None,
+                per_block: bool = False) -> float:
     """Relative output error of the consumers `weights` on inputs x after smoothing by s (None: not smoothed).
 
     `wants`: the float outputs x @ w^T, when the caller scores several s on the same inputs.
@@ -39,7 +47,7 @@ def group_error(x: torch.Tensor, weights: list[torch.Tensor], s: torch.Tensor | 
     for n, w in enumerate(weights):
         w = w.detach().float()
         want = x @ w.t() if wants is None else wants[n]
-        got = fake_w8a8(x, w) if s is None else fake_w8a8(x / s, w * s)
+        got = fake_w8a8(x, w, per_block) if s is None else fake_w8a8(x / s, w * s, per_block)
         total += float((got - want).pow(2).sum() / want.pow(2).sum().clamp(min=1e-30))
     return total
 
@@ -49,8 +57,10 @@ def row_names(model: EdgeLlama) -> set[str]:
     return {f"layers.{i}.{g.consumers[0]}" for i in range(len(model.blocks)) for g in SMOOTH_GROUPS}
 
 
-def search_alphas(model: EdgeLlama, absmax: dict, rows: dict, alphas=ALPHAS) -> tuple[dict, dict]:
-    """({"layers.{i}.{group}": alpha} for smoothed groups, {same key: {"alpha", "error", "unsmoothed_error"}})."""
+def search_alphas(model: EdgeLlama, absmax: dict, rows: dict, alphas=ALPHAS, dialect: str = "u8u8") -> tuple[dict, dict]:
+    """({"layers.{i}.{group}": alpha} for smoothed groups, {same key: {"alpha", "error", "unsmoothed_error"}}).
+
+    Scored with the dialect's activation quantization: nbits8 quantizes per block, not per token."""
     arch = model.arch
     rep = arch.num_heads // arch.num_kv_heads
     chosen, report = {}, {}
@@ -64,7 +74,7 @@ def search_alphas(model: EdgeLlama, absmax: dict, rows: dict, alphas=ALPHAS) -> 
                 scored = []
                 for alpha in alphas:
                     s = None if alpha is None else group_scales(group, absmax[name], w_absmax, alpha, rep, arch.head_dim)
-                    scored.append((group_error(rows[name], weights, s, wants), alpha))
+                    scored.append((group_error(rows[name], weights, s, wants, dialect == "nbits8"), alpha))
                 best_err, best = min(scored, key=lambda t: t[0])
                 key = f"layers.{i}.{group.name}"
                 if best is not None:

@@ -71,3 +71,15 @@ def test_a_tied_heads_codes_serve_as_the_embedding():
     ids = torch.tensor([[3, 0, 9]])
     assert embedding.codes is head.weight_q  # one initializer for both uses
     torch.testing.assert_close(embedding(ids)[0], head.dequantized_weight()[ids[0]], rtol=0, atol=0)
+
+
+def test_the_smoothquant_search_scores_nbits8_with_the_graphs_per_block_arithmetic():
+    from host.recipe import fake_w8a8
+
+    torch.manual_seed(3)
+    linear = nn.Linear(576, 24, bias=False)
+    x = torch.randn(9, 576) * torch.linspace(0.1, 8, 576)  # uneven channels: per block != per token
+    module = NBitsLinear.from_w8a8(W8A8Linear.from_float(linear))
+    with torch.no_grad():
+        torch.testing.assert_close(fake_w8a8(x, linear.weight, per_block=True), module(x), rtol=0, atol=1e-4)
+        assert not torch.allclose(fake_w8a8(x, linear.weight), module(x), rtol=0, atol=1e-4)
