@@ -3,7 +3,6 @@ pointer where it lives, and outputs land in preallocated buffers, so a step copi
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +27,7 @@ def keep_load_memory_returnable() -> None:
     adjustment. No-op where the C library has no mallopt (not glibc).
     """
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)  # the C library this process runs on
     except (OSError, AttributeError):
         pass
 
