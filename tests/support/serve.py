@@ -99,6 +99,8 @@ def start_server(bundle: Path, log: Path, *options: str, api_key: str | None = N
 def build_slow_bundle(out: Path) -> Path:
     """A random Llama big enough that decoding takes milliseconds per token (4 layers, hidden 512,
     ChatML, KV 256), so a test can act while an answer is still streaming."""
+    import torch
+
     from host.build import BuildConfig, build_from_model
     from tests.support.bundles import make_model, make_tokenizer_bundle, sample_text
 
@@ -106,5 +108,14 @@ def build_slow_bundle(out: Path) -> Path:
                          calib_seq_len=16, eval_tokens=32, prefill_chunks=[1, 16], chat_template="chatml")
     model = make_model(vocab=320, layers=4, hidden=512, heads=8, kv_heads=4, intermediate=1536,
                        max_position_embeddings=4096)
+    tok = make_tokenizer_bundle(320, "chatml")
+    # Sampled at temperature 1, near-uniform random logits would hit EOS or <|im_end|> every ~160 tokens,
+    # ending an answer before a test acts on it. A large constant in embedding channel 0 dominates the
+    # residual stream, so the final norm's channel 0 is ~sqrt(hidden) > 0 for every token: lm_head reads
+    # it only in the stop rows, with weight -1, which puts their logits ~22 below the rest.
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] = 10.0
+        model.lm_head.weight[:, 0] = 0.0
+        model.lm_head.weight[[tok.eos_id, *tok.chat.stop_ids], 0] = -1.0
     info = {"name": "slow-random-llama", "source": "tests/support/serve.py (random weights)"}
-    return build_from_model(model, make_tokenizer_bundle(320, "chatml"), sample_text(), config, info).path
+    return build_from_model(model, tok, sample_text(), config, info).path
