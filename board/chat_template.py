@@ -50,8 +50,6 @@ def chat_ids(tokenizer: Tokenizer, tpl: ChatTemplate, text: str) -> list[int]:
 
 def render_opening(tpl: ChatTemplate, system: str, user: str) -> str:
     """System block (or Llama-2 in-user system prefix), the first user turn, the generation prompt."""
-    if tpl.jinja:
-        return render_messages(tpl, conversation(system, [], user))
     system = system or tpl.default_system
     text = ""
     if system and tpl.system:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from host.chat_source import ChatSource, special_token_strings, stop_ids
-from host.errors import InputError
+from host.chat_source import SPECIAL_TOKEN_NAMES, ChatSource, special_token_strings, stop_ids
+from host.errors import InputError, first_line
 from host.families import check_config
 from host.tokenizer import TokenizerBundle, detect_template
 
@@ -24,13 +24,13 @@ def load_gguf(path: Path):
     try:
         config = AutoConfig.from_pretrained(directory, gguf_file=name)
     except Exception as e:  # gguf raises ValueError/KeyError/struct errors on a file it cannot read
-        raise InputError(f"{where}: not a readable GGUF model ({_first_line(e)}); pass a GGUF of a supported family") from None
+        raise InputError(f"{where}: not a readable GGUF model ({first_line(e)}); pass a GGUF of a supported family") from None
     check_config(config, where)
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
         loaded = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
     except Exception as e:
-        raise InputError(f"{where}: cannot load the GGUF's weights or tokenizer ({_first_line(e)})") from None
+        raise InputError(f"{where}: cannot load the GGUF's weights or tokenizer ({first_line(e)})") from None
     # the loaded model is marked quantized (it came from a quantized file); a plain model with its
     # dequantized weights is what the build quantizes
     if hasattr(loaded.config, "quantization_config"):
@@ -51,7 +51,7 @@ def tokenizer_bundle(hf_tokenizer, generation_config, where: str) -> TokenizerBu
         raise InputError(f"{where}: the GGUF names no EOS token (tokenizer.ggml.eos_token_id); it cannot end an answer")
     bos = eos if bos is None else bos
     jinja = hf_tokenizer.chat_template or ""
-    specials = {n: getattr(hf_tokenizer, n) for n in ("bos_token", "eos_token", "unk_token", "pad_token")}
+    specials = {n: getattr(hf_tokenizer, n) for n in SPECIAL_TOKEN_NAMES}
     chat = ChatSource(jinja, "gguf" if jinja else "builtin", special_token_strings(specials),
                       stop_ids(tok, jinja, getattr(generation_config, "eos_token_id", None), eos))
     return TokenizerBundle(
@@ -59,7 +59,3 @@ def tokenizer_bundle(hf_tokenizer, generation_config, where: str) -> TokenizerBu
         add_bos=tok.encode("a").ids[:1] == [bos], vocab_size=tok.get_vocab_size(with_added_tokens=True),
         chat_template=detect_template(jinja), source=where, chat=chat,
     )
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from host.errors import InputError
+from host.errors import InputError, first_line
 from host.families import family_of
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -95,7 +95,7 @@ def load_hf_dir(directory: Path):
         # transformers 5 loads shard by shard onto meta-initialised modules: peak ~ one fp32 copy
         model, info = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, output_loading_info=True)
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:
-        raise InputError(f"{directory}: cannot load the checkpoint ({_first_line(e)}); re-download it") from None
+        raise InputError(f"{directory}: cannot load the checkpoint ({first_line(e)}); re-download it") from None
     if info.get("missing_keys") or info.get("mismatched_keys"):
         missing = sorted(info.get("missing_keys") or []) + [str(k[0]) for k in info.get("mismatched_keys") or []]
         raise InputError(
@@ -104,9 +104,6 @@ def load_hf_dir(directory: Path):
         )
     return model.float().eval()
 
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def download_from_hub(hub_id: str) -> Path:
