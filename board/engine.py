@@ -35,7 +35,8 @@ class Engine:
         self.backend = backend
         self.graph = graph
         self.max_positions = arch.max_position_embeddings
-        self.cache = KVCache.allocate(shape, graph.kv_dtype, sink, buffer=backend.kv_buffer(shape, graph.kv_dtype))
+        self.cache = KVCache.allocate(shape, graph.kv_dtype, sink, buffer=backend.kv_buffer(shape, graph.kv_dtype),
+                                      compact=graph.cache == "inplace")
         self.fed: list[int] = []  # ids fed since the last reset, evicted ones included
 
     @property

@@ -2,7 +2,10 @@
 mask, the next position, and eviction that keeps the first `sink` tokens plus a recent window.
 
 Keys are stored already rotated, and attention is masked per slot, so slot order is irrelevant:
-new tokens go into any free slots and eviction only clears mask bits.
+new tokens go into any free slots and eviction only clears mask bits. A `compact` cache (graph.cache
+"inplace", whose graph writes the new tokens after the cached ones and attends over a prefix) keeps
+its tokens in slots [0, used) in position order instead: eviction moves the kept ones down, and
+frees a quarter of the window at once so that the move happens once per kv_len/4 tokens, not per token.
 """
 from __future__ import annotations
 
@@ -21,9 +24,11 @@ class KVCache:
     slot_pos: np.ndarray  # int64 [KV]: absolute position held by each slot, EMPTY when free
     sink: int  # tokens at positions < sink are never evicted (attention sinks)
     next_pos: int = 0
+    compact: bool = False  # tokens held in slots [0, used), oldest first
 
     @classmethod
-    def allocate(cls, shape: tuple, dtype: str, sink: int, buffer: np.ndarray | None = None) -> "KVCache":
+    def allocate(cls, shape: tuple, dtype: str, sink: int, buffer: np.ndarray | None = None,
+                 compact: bool = False) -> "KVCache":
         """Empty cache of the graph's KV shape; `buffer` lets a backend supply memory it shares with the device."""
         kv_len = shape[4]
         if not 0 <= sink < kv_len:
@@ -32,7 +37,7 @@ class KVCache:
             buffer = np.zeros(shape, dtype=dtype)
         elif buffer.shape != tuple(shape) or buffer.dtype != np.dtype(dtype):
             raise BoardError(f"KV buffer {buffer.shape} {buffer.dtype} does not match graph {shape} {dtype}")
-        return cls(kv=buffer, slot_pos=np.full(kv_len, EMPTY, dtype=np.int64), sink=sink)
+        return cls(kv=buffer, slot_pos=np.full(kv_len, EMPTY, dtype=np.int64), sink=sink, compact=compact)
 
     @property
     def kv_len(self) -> int:
@@ -66,8 +71,15 @@ class KVCache:
                 f"cannot fit {wanted} new tokens in one step: {self.kv_len} KV slots, {self.sink} kept as sink; "
                 "feed fewer tokens per step or rebuild with a larger --kv-len"
             )
+        if self.compact:
+            count = max(count, min(len(evictable), (self.kv_len - self.sink) // 4))
         oldest = evictable[np.argsort(self.slot_pos[evictable], kind="stable")[:count]]
         self.slot_pos[oldest] = EMPTY
+        if self.compact:
+            kept = np.flatnonzero(self.slot_pos != EMPTY)  # in position order: the cache was compact
+            self.kv[:, :, :, :, : len(kept)] = self.kv[:, :, :, :, kept]
+            self.slot_pos[: len(kept)] = self.slot_pos[kept]
+            self.slot_pos[len(kept) :] = EMPTY
 
     def step_inputs(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """attention_mask [1, KV+n] and position_ids [1, n] for n new tokens (call after reserve)."""
@@ -75,12 +87,18 @@ class KVCache:
         positions = np.arange(self.next_pos, self.next_pos + n, dtype=np.int64)[None, :]
         return mask, positions
 
-    def commit(self, slots: np.ndarray, present: np.ndarray) -> None:
-        """Store the new tokens' keys/values [L,2,1,Hkv,n,D] in `slots` and advance the position."""
+    def commit(self, slots: np.ndarray, present: np.ndarray | None) -> None:
+        """Store the new tokens' keys/values [L,2,1,Hkv,n,D] in `slots` and advance the position.
+
+        present None: the graph already wrote them there (a compact cache's slots [used, used+n))."""
         n = len(slots)
-        if present.shape[4] != n or present.shape[:4] != self.kv.shape[:4] or present.shape[5] != self.kv.shape[5]:
+        if present is None:
+            if not self.compact:
+                raise BoardError("the backend wrote the KV cache in place, but this cache is not compact")
+        elif present.shape[4] != n or present.shape[:4] != self.kv.shape[:4] or present.shape[5] != self.kv.shape[5]:
             raise BoardError(f"present_key_values shape {present.shape} does not fit KV {self.kv.shape} for {n} tokens")
-        self.kv[:, :, :, :, slots, :] = present
+        else:
+            self.kv[:, :, :, :, slots, :] = present
         self.slot_pos[slots] = np.arange(self.next_pos, self.next_pos + n)
         self.next_pos += n
 

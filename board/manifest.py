@@ -20,8 +20,10 @@ from typing import Any, Literal, get_args
 # a board that knows only 1 would render the built-in rules instead, so it must refuse, not guess.
 # 3: the same signature, but an onnxruntime W8A8 graph may hold contrib operators (quantization dialect
 # "nbits8": com.microsoft MatMulNBits, host/nbits.py) that a board reading 2 would not expect.
-FORMAT_VERSION = 3
-SUPPORTED_FORMAT_VERSIONS = (1, 2, 3)  # older versions load with the new fields at their defaults
+# 4: graph.cache "inplace" (host/gqa.py): onnxruntime's GroupQueryAttention updates one KV buffer per layer
+# in place and attends over a prefix of slots; a board reading 3 would bind the §3 signature and fail.
+FORMAT_VERSION = 4
+SUPPORTED_FORMAT_VERSIONS = (1, 2, 3, 4)  # older versions load with the new fields at their defaults
 MANIFEST_NAME = "manifest.json"
 
 
@@ -64,8 +66,10 @@ class Graph:
     om_cann: str | None = None  # the CANN version ATC came from; the .om loads on that or a newer CANN
     opset: int = 17
     compute_dtype: str = "float32"  # activations, norms and attention ("float16": the Ascend default)
+    cache: str = "slots"  # "slots": DESIGN.md §3; "inplace": one past/present buffer per layer, a prefix (host/gqa.py)
 
 
+CACHE_LAYOUTS = ("slots", "inplace")
 QuantScheme = Literal["none", "w8a8"]
 Dialect = Literal["nbits8", "u8u8", "s8s8"]  # W8A8 integer layout: nbits8/u8u8 for onnxruntime CPU, s8s8 for the Ascend plugin
 ActScheme = Literal["dynamic", "static"]  # activation scales per token at run time, or per tensor from calibration
@@ -212,7 +216,8 @@ def _check_ranges(m: Manifest, where: str) -> None:
         (a.max_position_embeddings <= MAX_POSITIONS, f"arch.max_position_embeddings must be <= {MAX_POSITIONS}"),
         (1 <= g.kv_len <= a.max_position_embeddings, f"graph.kv_len {g.kv_len} must be in 1..max_position_embeddings"),
         (all(isinstance(c, int) and 1 <= c <= g.kv_len for c in g.prefill_chunks), "graph.prefill_chunks must be in 1..kv_len"),
-        (g.kv_dtype in ("float32", "float16") and g.logits in ("all", "last"), "graph.kv_dtype/logits unknown"),
+        (g.kv_dtype in ("float32", "float16") and g.logits in ("all", "last") and g.cache in CACHE_LAYOUTS,
+         "graph.kv_dtype/logits/cache unknown"),
         (m.quantization.scheme in QUANT_SCHEMES and m.quantization.dialect in (None, *DIALECTS), "unknown quantization"),
         (all(0 <= i < a.vocab_size for i in (m.tokens.bos_id, m.tokens.eos_id, m.tokens.pad_id)), "token ids outside the vocabulary"),
         (all(isinstance(s, str) for s in m.tokens.stop_strings), "tokens.stop_strings must be strings"),

@@ -23,6 +23,7 @@ from host.calibrate import collect_inputs, split_text, summarize
 from host.chat_source import ChatSource
 from host.errors import BuildError, InputError
 from host.export import export_onnx, graph_record
+from host.gqa import InplaceCacheGraph, gqa_fits
 from host.limits import check_sizes
 from host.model import EdgeLlama
 from host.quantize import quantize_model, quantized_layer_count
@@ -142,16 +143,20 @@ def build_from_model(hf_model, tok, text: str, config: BuildConfig, info: dict, 
             graph_model = quantize_model(hf_model, absmax, config.act_scheme, config.dialect, alphas,
                                          kv_dtype, compute)
     quant = quantization_record(config, graph_model)
+    exported_model = graph_model  # what the bundle's graph computes; graph_model stays its PyTorch twin
     if config.target == "ort":  # contrib operators are onnxruntime's; ATC parses plain ONNX only
         graph_model.use_contrib_rope()
+        a = graph_model.arch
+        if gqa_fits(a.head_dim, a.max_position_embeddings, kv_dtype, compute):
+            exported_model = InplaceCacheGraph(graph_model)
 
     template = config.chat_template or getattr(tok, "chat_template", None) or "none"
     chat = tok.chat if config.chat_template is None else ChatSource()  # --chat-template: the built-in rules instead
     with staging(config.out) as stage_dir:
         with stage("export", timings):
-            exported = export_onnx(graph_model, stage_dir, config.kv_len, opset=config.opset)
+            exported = export_onnx(exported_model, stage_dir, config.kv_len, opset=config.opset)
         tok.tokenizer.save(str(stage_dir / TOKENIZER_NAME))
-        graph = graph_record(graph_model, config.kv_len, config.prefill_chunks, exported, str(compute).split(".")[-1])
+        graph = graph_record(exported_model, config.kv_len, config.prefill_chunks, exported, str(compute).split(".")[-1])
         with stage("verify", timings, f"onnxruntime vs PyTorch; perplexity on {len(split.heldout)} held-out windows"):
             verification = verify_graph(stage_dir, graph, graph_model, reference, split.heldout, config.quant)
         check_perplexity(verification["perplexity"], reference.arch.vocab_size)

@@ -19,9 +19,10 @@ from pathlib import Path
 import onnx
 import torch
 
-from board.backends.base import INPUT_NAMES, OUTPUT_NAMES
+from board.backends.base import INPUT_NAMES, OUTPUT_NAMES, layer_names
 from board.manifest import Graph, TensorSpec
 from host.errors import BuildError
+from host.gqa import InplaceCacheGraph
 from host.model import EdgeLlama
 
 OPSET = 17  # onnxruntime target
@@ -38,23 +39,29 @@ class ExportInfo:
     ops: dict  # op type -> count, e.g. {"MatMulInteger": 15, ...}
 
 
-def graph_specs(model: EdgeLlama, kv_len: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
+def graph_specs(model: EdgeLlama | InplaceCacheGraph, kv_len: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Manifest input and output TensorSpecs; "S" is the dynamic chunk length."""
     a = model.arch
     kv = _DTYPE_NAMES[model.kv_dtype]
-    inputs = [("int64", [1, "S"]), ("int64", [1, f"{kv_len}+S"]), ("int64", [1, "S"]),
-              (kv, [a.num_layers, 2, 1, a.num_kv_heads, kv_len, a.head_dim])]
-    outputs = [("float32", [1, "S", a.vocab_size]), (kv, [a.num_layers, 2, 1, a.num_kv_heads, "S", a.head_dim])]
-    return ([TensorSpec(n, *spec) for n, spec in zip(INPUT_NAMES, inputs)],
-            [TensorSpec(n, *spec) for n, spec in zip(OUTPUT_NAMES, outputs)])
+    inputs = [TensorSpec(n, "int64", shape) for n, shape in zip(INPUT_NAMES, ([1, "S"], [1, f"{kv_len}+S"], [1, "S"]))]
+    outputs = [TensorSpec(OUTPUT_NAMES[0], "float32", [1, "S", a.vocab_size])]
+    if isinstance(model, InplaceCacheGraph):
+        layer = [1, a.num_kv_heads, kv_len, a.head_dim]
+        inputs += [TensorSpec(n, kv, layer) for n in layer_names(INPUT_NAMES[3], a.num_layers)]
+        outputs += [TensorSpec(n, kv, layer) for n in layer_names(OUTPUT_NAMES[1], a.num_layers)]
+    else:
+        inputs.append(TensorSpec(INPUT_NAMES[3], kv, [a.num_layers, 2, 1, a.num_kv_heads, kv_len, a.head_dim]))
+        outputs.append(TensorSpec(OUTPUT_NAMES[1], kv, [a.num_layers, 2, 1, a.num_kv_heads, "S", a.head_dim]))
+    return inputs, outputs
 
 
-def graph_record(model: EdgeLlama, kv_len: int, prefill_chunks, exported: ExportInfo,
+def graph_record(model: EdgeLlama | InplaceCacheGraph, kv_len: int, prefill_chunks, exported: ExportInfo,
                  compute_dtype: str = "float32") -> Graph:
     """The manifest's description of an exported graph: what the board's Engine runs it by."""
     inputs, outputs = graph_specs(model, kv_len)
     return Graph(kv_len=kv_len, kv_dtype=inputs[-1].dtype, prefill_chunks=list(prefill_chunks), inputs=inputs,
-                 outputs=outputs, onnx=exported.files[0], opset=exported.opset, compute_dtype=compute_dtype)
+                 outputs=outputs, onnx=exported.files[0], opset=exported.opset, compute_dtype=compute_dtype,
+                 cache="inplace" if isinstance(model, InplaceCacheGraph) else "slots")
 
 
 def _set_io_shapes(proto, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
@@ -69,20 +76,23 @@ def _set_io_shapes(proto, inputs: list[TensorSpec], outputs: list[TensorSpec]) -
                 dim.dim_param = size
 
 
-def example_inputs(model: EdgeLlama, kv_len: int, seq: int = 2) -> tuple[torch.Tensor, ...]:
+def example_inputs(model: EdgeLlama | InplaceCacheGraph, kv_len: int, seq: int = 2) -> tuple[torch.Tensor, ...]:
     """Tracing inputs: `seq` new tokens after `kv_len` empty slots (S > 1 so nothing specializes on 1)."""
     ids = torch.zeros(1, seq, dtype=torch.long)
     mask = torch.cat((torch.zeros(1, kv_len, dtype=torch.long), torch.ones(1, seq, dtype=torch.long)), dim=1)
     positions = torch.arange(seq, dtype=torch.long)[None]
-    return ids, mask, positions, model.empty_cache(kv_len)
+    cache = model.empty_cache(kv_len)
+    return ids, mask, positions, *(cache if isinstance(cache, list) else [cache])
 
 
-def export_onnx(model: EdgeLlama, out_dir: Path, kv_len: int, name: str = "model.onnx", opset: int = OPSET) -> ExportInfo:
+def export_onnx(model: EdgeLlama | InplaceCacheGraph, out_dir: Path, kv_len: int, name: str = "model.onnx",
+                opset: int = OPSET) -> ExportInfo:
     """Write `out_dir/name` (and `name.data` when large) at `opset`; return what was written."""
     out_dir = Path(out_dir)
-    # the chunk axis S of every input and output (names in DESIGN.md §3 order)
-    axes = [{1: "S"}, {1: f"{kv_len}+S"}, {1: "S"}, {}, {1: "S"}, {4: "S"}]
-    dynamic_axes = {name: axis for name, axis in zip(INPUT_NAMES + OUTPUT_NAMES, axes) if axis}
+    inputs, outputs = graph_specs(model, kv_len)
+    # the chunk axis S of every input and output that has one
+    dynamic_axes = {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)} for t in inputs + outputs}
+    dynamic_axes = {n: axes for n, axes in dynamic_axes.items() if axes}
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export.") as tmp:
         raw = Path(tmp) / name
         with torch.no_grad(), warnings.catch_warnings():
@@ -93,14 +103,14 @@ def export_onnx(model: EdgeLlama, out_dir: Path, kv_len: int, name: str = "model
                 str(raw),
                 dynamo=False,
                 opset_version=opset,
-                input_names=list(INPUT_NAMES),
-                output_names=list(OUTPUT_NAMES),
+                input_names=[t.name for t in inputs],
+                output_names=[t.name for t in outputs],
                 dynamic_axes=dynamic_axes,
                 do_constant_folding=True,
             )
         gc.collect()
         proto = onnx.load(str(raw))  # pulls in any external tensors the exporter split out
-    _set_io_shapes(proto, *graph_specs(model, kv_len))
+    _set_io_shapes(proto, inputs, outputs)
     emitted = [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")]
     if emitted != [opset]:  # ATC rejects two imports of the default domain (E16005)
         raise BuildError(f"exported graph imports ai.onnx opset(s) {emitted}, expected exactly [{opset}]")

@@ -1,6 +1,5 @@
 """The acl backend through tests/support/fake_acl.py (a test double of pyACL that runs model.onnx underneath):
 same tokens as onnxruntime, in both run modes (host with memcpy, 310B shared memory), clean teardown."""
-import shutil
 import sys
 
 import numpy as np
@@ -14,15 +13,16 @@ from board.errors import BoardError
 from board.manifest import BundleError
 from board.generate import GenerateConfig, generate
 from board.sampling import GREEDY, SamplingConfig
+from tests.support.bundles import build_test_bundle
 from tests.support.fake_acl import ACL_DEVICE, ACL_HOST, FakeAcl, write_fake_om
 
 PROMPT = "Once upon a time there was a little girl named lily"
 
 
 @pytest.fixture(scope="module")
-def om_bundle(tiny_bundle, tmp_path_factory):
-    path = tmp_path_factory.mktemp("acl") / "tiny-om"
-    shutil.copytree(tiny_bundle, path)
+def om_bundle(tmp_path_factory):
+    """The tiny model built for the NPU (the DESIGN.md §3 graph, fp16 compute), with a stand-in .om."""
+    path = build_test_bundle(tmp_path_factory.mktemp("acl") / "tiny-om", quant="none", target="ascend")
     write_fake_om(path)
     return open_bundle(path)
 
@@ -92,8 +92,6 @@ def test_an_om_that_does_not_load_names_the_file_and_cleans_up(om_bundle, monkey
 
 
 def test_fp16_kv_cache_in_shared_device_memory(tmp_path_factory, monkeypatch):
-    from tests.support.bundles import build_test_bundle
-
     path = build_test_bundle(tmp_path_factory.mktemp("acl16") / "tiny-fp16", quant="none", dtype="fp16")
     write_fake_om(path)
     bundle = open_bundle(path)
@@ -106,6 +104,16 @@ def test_fp16_kv_cache_in_shared_device_memory(tmp_path_factory, monkeypatch):
         assert engine.cache.kv.dtype == np.float16
         assert engine.cache.kv.ctypes.data == backend._inputs[backend._in_index[3]].ptr
     assert got.tokens == expected.tokens and len(got.tokens) > 5
+
+
+def test_the_onnxruntime_inplace_cache_graph_is_refused_before_acl_is_touched(tiny_bundle, monkeypatch):
+    fake = FakeAcl()
+    monkeypatch.setitem(sys.modules, "acl", fake)
+    graph = open_bundle(tiny_bundle).manifest.graph
+    assert graph.cache == "inplace"  # an onnxruntime build of a model whose head_dim suits GroupQueryAttention
+    with pytest.raises(BundleError, match="rebuild with --target ascend"):
+        AclBackend(tiny_bundle / "model.om", graph)
+    assert fake.calls == []
 
 
 def test_device_memory_is_zeroed_after_malloc_and_after_reset(om_bundle, monkeypatch):

@@ -77,3 +77,26 @@ def test_bad_sink_and_buffer_are_rejected():
 )
 def test_plan_chunks_uses_the_largest_accepted_sizes(n, sizes, limit, expected):
     assert plan_chunks(n, sizes, limit) == expected
+
+
+def test_compact_cache_evicts_a_quarter_of_the_window_and_moves_the_rest_down():
+    shape = (1, 2, 1, 1, 10, 1)
+    cache = KVCache.allocate(shape, "float32", sink=2, compact=True)
+    for pos in range(10):
+        slots = cache.reserve(1)
+        cache.step_inputs(1)
+        cache.kv[..., slots[0], :] = pos  # as the graph does: it writes the new token at slot `used`
+        cache.commit(slots, None)
+    slots = cache.reserve(1)
+    # 8 evictable tokens: a quarter (2) go at once, positions 2 and 3; the rest moved down behind the sink
+    assert cache.slot_pos.tolist() == [0, 1, 4, 5, 6, 7, 8, 9, EMPTY, EMPTY]
+    assert cache.kv[0, 0, 0, 0, :8, 0].tolist() == [0, 1, 4, 5, 6, 7, 8, 9]
+    assert slots.tolist() == [8]
+    mask, pos = cache.step_inputs(1)
+    assert mask.tolist() == [[1] * 8 + [0, 0, 1]] and pos.tolist() == [[10]]
+
+
+def test_only_a_compact_cache_takes_keys_written_in_place():
+    cache = KVCache.allocate((1, 2, 1, 1, 4, 1), "float32", sink=0)
+    with pytest.raises(BoardError, match="not compact"):
+        cache.commit(cache.reserve(1), None)

@@ -48,7 +48,11 @@ def test_tiny_bundle_is_complete_and_checksummed(tiny_bundle):
     a, g = manifest.arch, manifest.graph
     assert (a.num_layers, a.num_heads, a.num_kv_heads, a.head_dim, a.vocab_size) == (2, 4, 2, 16, 320)
     assert (g.kv_len, g.kv_dtype, g.prefill_chunks, g.logits, g.opset) == (64, "float32", [1, 8, 16], "all", 17)
-    assert [t.name for t in g.inputs] == ["input_ids", "attention_mask", "position_ids", "past_key_values"]
+    # head_dim 16 suits onnxruntime's GroupQueryAttention: one KV buffer per layer and kind, updated in place
+    assert g.cache == "inplace" and manifest.format_version == 4
+    assert [t.name for t in g.inputs] == ["input_ids", "attention_mask", "position_ids", "past_key_values.0.key",
+                                          "past_key_values.0.value", "past_key_values.1.key", "past_key_values.1.value"]
+    assert {tuple(t.shape) for t in g.inputs[3:] + g.outputs[1:]} == {(1, 2, 64, 16)}
     assert manifest.quantization.scheme == "none" and manifest.quantization.dialect is None
     assert (manifest.tokens.bos_id, manifest.tokens.eos_id, manifest.tokens.add_bos) == (1, 2, True)
     assert manifest.chat_template == CHAT_TEMPLATES["none"]
@@ -125,12 +129,13 @@ def test_broken_export_fails_the_build_and_keeps_the_previous_bundle(existing, m
             return torch.roll(self.inner(x), 1, dims=-1)
 
     def broken(model, directory, kv_len, **kw):  # only the exported graph has the bug, not its torch twin
-        original = model.blocks[0].o_proj
-        model.blocks[0].o_proj = Shifted(original)
+        block = getattr(model, "model", model).blocks[0]  # an InplaceCacheGraph wraps the EdgeLlama
+        original = block.o_proj
+        block.o_proj = Shifted(original)
         try:
             return real(model, directory, kv_len, **kw)
         finally:
-            model.blocks[0].o_proj = original
+            block.o_proj = original
 
     monkeypatch.setattr(build_module, "export_onnx", broken)
     with pytest.raises(BuildError, match="the export is broken"):

@@ -74,6 +74,9 @@ class AclBackend(Backend):
     name = "acl"
 
     def __init__(self, om_path: Path, graph: Graph, device_id: int = 0):
+        if graph.cache != "slots":
+            raise BundleError(f"{om_path}: graph.cache {graph.cache!r} is onnxruntime's GroupQueryAttention layout; "
+                              "the NPU runs the DESIGN.md §3 graph: rebuild with --target ascend")
         try:
             import acl  # noqa: PLC0415 - lazily: only boards with CANN have it
         except ImportError:

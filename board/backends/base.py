@@ -10,6 +10,19 @@ INPUT_NAMES = ("input_ids", "attention_mask", "position_ids", "past_key_values")
 OUTPUT_NAMES = ("logits", "present_key_values")
 
 
+def layer_names(prefix: str, num_layers: int) -> list[str]:
+    """The per-layer cache names of a graph.cache "inplace" graph: prefix.0.key, prefix.0.value, prefix.1.key, ..."""
+    return [f"{prefix}.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
+
+
+def io_names(graph) -> tuple[list[str], list[str]]:
+    """A manifest Graph's input and output names in binding order (KV caches last, layer by layer)."""
+    if graph.cache == "slots":
+        return list(INPUT_NAMES), list(OUTPUT_NAMES)
+    layers = sum(t.name.startswith(INPUT_NAMES[3] + ".") for t in graph.inputs) // 2
+    return list(INPUT_NAMES[:3]) + layer_names(INPUT_NAMES[3], layers), [OUTPUT_NAMES[0]] + layer_names(OUTPUT_NAMES[1], layers)
+
+
 class Backend(ABC):
     """Runs the graph; generation, chat, perplexity and bench are written once on top of `forward`."""
 
@@ -23,7 +36,10 @@ class Backend(ABC):
         position_ids: np.ndarray,
         past_key_values: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(logits [1,S,V] or [1,1,V], present_key_values [L,2,1,Hkv,S,D]); may reuse its buffers next call."""
+        """(logits [1,S,V] or [1,1,V], present_key_values [L,2,1,Hkv,S,D]); may reuse its buffers next call.
+
+        present is None when the graph wrote the new keys/values into past_key_values itself
+        (graph.cache "inplace": at slots [n, n+S) after the n cached ones)."""
 
     def kv_buffer(self, shape: tuple, dtype: str) -> np.ndarray | None:
         """Memory for the KV cache that the accelerator reads without a copy, or None to use plain numpy."""

@@ -1,5 +1,7 @@
 """onnxruntime CPU backend. One IOBinding per chunk size, made once: the KV cache is bound by
-pointer where it lives, and outputs land in preallocated buffers, so a step copies no KV data."""
+pointer where it lives, and outputs land in preallocated buffers, so a step copies no KV data.
+For a graph.cache "inplace" graph each layer's slab of the cache is bound as both its past and its
+present, so GroupQueryAttention writes the new keys/values straight into the board's cache."""
 from __future__ import annotations
 
 import ctypes
@@ -9,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from board.backends.base import INPUT_NAMES, OUTPUT_NAMES, Backend
+from board.backends.base import Backend, io_names
 from board.errors import BoardError
 from board.manifest import BundleError, Graph
 
@@ -57,7 +59,8 @@ class OrtBackend(Backend):
             raise BundleError(f"{onnx_path}: onnxruntime cannot load it ({e}); rebuild the bundle") from None
         names = {i.name for i in self.session.get_inputs()}
         outs = {o.name for o in self.session.get_outputs()}
-        missing = [n for n in INPUT_NAMES if n not in names] + [n for n in OUTPUT_NAMES if n not in outs]
+        self._names = io_names(graph)
+        missing = [n for n in self._names[0] if n not in names] + [n for n in self._names[1] if n not in outs]
         if missing:
             raise BundleError(f"{onnx_path}: graph lacks {', '.join(missing)} (DESIGN.md §3); rebuild the bundle")
         self.path = onnx_path
@@ -70,23 +73,29 @@ class OrtBackend(Backend):
         bound = self._bound.get(s)
         if bound is None or bound.past_ptr != past.ctypes.data:
             rows = s if self.graph.logits == "all" else 1
-            present_shape = past.shape[:4] + (s,) + past.shape[5:]
-            bound = _Binding(
-                binding=self.session.io_binding(),
-                past_ptr=past.ctypes.data,
-                inputs=[np.zeros((1, s), np.int64), np.zeros((1, past.shape[4] + s), np.int64),
-                        np.zeros((1, s), np.int64), past],
-                outputs=[np.empty((1, rows, self.vocab_size), np.float32), np.empty(present_shape, past.dtype)],
-            )
-            for name, arr in zip(INPUT_NAMES, bound.inputs):
+            inputs = [np.zeros((1, s), np.int64), np.zeros((1, past.shape[4] + s), np.int64), np.zeros((1, s), np.int64)]
+            outputs = [np.empty((1, rows, self.vocab_size), np.float32)]
+            if self.graph.cache == "inplace":
+                slabs = [past[i, kind] for i in range(past.shape[0]) for kind in (0, 1)]  # [1,Hkv,KV,D], contiguous
+                if len(slabs) != len(self._names[0]) - 3:
+                    raise BundleError(f"{self.path}: the manifest lists {len(self._names[0]) - 3} KV inputs for "
+                                      f"{past.shape[0]} layers; rebuild the bundle")
+                inputs, outputs = inputs + slabs, outputs + slabs
+            else:
+                inputs.append(past)
+                outputs.append(np.empty(past.shape[:4] + (s,) + past.shape[5:], past.dtype))
+            bound = _Binding(binding=self.session.io_binding(), past_ptr=past.ctypes.data, inputs=inputs, outputs=outputs)
+            for name, arr in zip(self._names[0], bound.inputs):
                 bound.binding.bind_input(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
-            for name, arr in zip(OUTPUT_NAMES, bound.outputs):
+            for name, arr in zip(self._names[1], bound.outputs):
                 bound.binding.bind_output(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
             self._bound[s] = bound
         return bound
 
     def forward(self, input_ids, attention_mask, position_ids, past_key_values):
         if not past_key_values.flags.c_contiguous:
+            if self.graph.cache == "inplace":  # the graph would update a copy and the cache would never see it
+                raise BoardError("an inplace-cache graph needs the KV cache as one C-contiguous array")
             past_key_values = np.ascontiguousarray(past_key_values)
         bound = self._binding(input_ids.shape[1], past_key_values)
         # the small inputs are copied into the bound arrays; the KV cache is read where it lives
@@ -96,7 +105,7 @@ class OrtBackend(Backend):
             self.session.run_with_iobinding(bound.binding)
         except Exception as e:  # onnxruntime's Fail/InvalidArgument carry the node that failed
             raise BoardError(f"{self.path}: onnxruntime failed on a {input_ids.shape[1]}-token step ({e})") from None
-        return bound.outputs[0], bound.outputs[1]
+        return bound.outputs[0], None if self.graph.cache == "inplace" else bound.outputs[1]
 
 
 @dataclass

@@ -1,0 +1,92 @@
+"""The onnxruntime graph with GroupQueryAttention (graph.cache "inplace"): it writes the board's KV cache in
+place and computes what the plain PyTorch model computes, also across eviction."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from board.backends.ort import OrtBackend
+from board.engine import Engine
+from board.kvcache import EMPTY
+from host.calibrate import collect_input_absmax
+from host.export import export_onnx, graph_record
+from host.gqa import InplaceCacheGraph, gqa_fits
+from host.model import EdgeLlama
+from host.quantize import quantize_model
+from host.verify import TorchBackend
+from tests.support.bundles import make_model
+
+KV = 16
+LAYERS = 2
+TOKENS = [1, 40, 7, 99, 12, 3, 140, 66, 5, 21, 8, 17, 2, 90, 31, 44, 120, 9, 10, 77, 63, 6, 14, 100, 51, 33]
+
+
+@pytest.fixture(scope="module")
+def fp():
+    with torch.no_grad():
+        yield EdgeLlama.from_hf(make_model(vocab=150, layers=LAYERS, seed=7, init_std=0.15))
+
+
+def inplace_engines(model, tmp_path, sink: int = 2):
+    """(onnxruntime engine on the exported inplace graph, PyTorch engine on the plain model), same Graph record."""
+    graph_model = InplaceCacheGraph(model)
+    with torch.no_grad():
+        info = export_onnx(graph_model, tmp_path, KV)
+    graph = graph_record(graph_model, KV, [1, 4], info)
+    onnx_engine = Engine(OrtBackend(tmp_path / "model.onnx", graph, model.arch.vocab_size), model.arch, graph, sink=sink)
+    return onnx_engine, Engine(TorchBackend(model), model.arch, graph, sink=sink), info
+
+
+def test_inplace_graph_is_one_attention_node_per_layer_with_per_layer_caches(fp, tmp_path):
+    _, _, info = inplace_engines(fp, tmp_path)
+    assert info.ops["GroupQueryAttention"] == LAYERS
+    for absent in ("Softmax", "Transpose", "Concat"):  # the plain attention's nodes are gone
+        assert absent not in info.ops
+    proto = onnx.load(str(tmp_path / "model.onnx"))
+    names = [v.name for v in proto.graph.input] + [v.name for v in proto.graph.output]
+    assert names == ["input_ids", "attention_mask", "position_ids", "past_key_values.0.key", "past_key_values.0.value",
+                     "past_key_values.1.key", "past_key_values.1.value", "logits", "present_key_values.0.key",
+                     "present_key_values.0.value", "present_key_values.1.key", "present_key_values.1.value"]
+
+
+def test_graph_writes_the_boards_cache_in_place_and_matches_torch_across_eviction(fp, tmp_path):
+    onnx_engine, torch_engine, _ = inplace_engines(fp, tmp_path)
+    # a 4-token chunk, single tokens, then more tokens than KV slots: evictions that move the cache
+    chunks = [TOKENS[:4]] + [[t] for t in TOKENS[4:]]
+    for i, chunk in enumerate(chunks):
+        got, want = onnx_engine.feed(chunk, all_logits=True), torch_engine.feed(chunk, all_logits=True)
+        np.testing.assert_allclose(got, want, atol=2e-5, rtol=0, err_msg=f"chunk {i}")
+        # the graph wrote its keys/values straight into the engine's array: the same bytes torch's commit copied
+        used = onnx_engine.cache.used
+        np.testing.assert_allclose(onnx_engine.cache.kv[..., :used, :], torch_engine.cache.kv[..., :used, :], atol=1e-5)
+    assert onnx_engine.cache.next_pos == len(TOKENS) > KV
+    slot_pos = onnx_engine.cache.slot_pos
+    assert slot_pos[:2].tolist() == [0, 1]  # the sink stays; the rest is the recent window, in order
+    held = slot_pos[slot_pos != EMPTY]
+    assert held[-1] == len(TOKENS) - 1 and (np.diff(held) > 0).all()
+
+
+def test_w8a8_inplace_graph_greedy_tokens_equal_its_torch_twin(fp, tmp_path):
+    absmax = collect_input_absmax(fp, [torch.randint(0, 150, (1, 16), generator=torch.Generator().manual_seed(0))])
+    hf = make_model(vocab=150, layers=LAYERS, seed=7, init_std=0.15)
+    with torch.no_grad():
+        twin = quantize_model(hf, absmax, "dynamic", "nbits8").use_contrib_rope()
+    onnx_engine, torch_engine, info = inplace_engines(twin, tmp_path)
+    assert info.ops["MatMulNBits"] == 4 * LAYERS + 1  # fused q/k/v, o, fused gate/up, down; lm_head
+    ids = {}
+    for name, engine in (("onnx", onnx_engine), ("torch", torch_engine)):
+        out, logits = [], engine.feed(TOKENS[:5])
+        for _ in range(12):
+            out.append(int(np.argmax(logits)))
+            logits = engine.feed(out[-1:])
+        ids[name] = out
+    assert ids["onnx"] == ids["torch"]
+
+
+def test_gqa_is_used_only_where_onnxruntimes_cpu_kernel_runs():
+    assert gqa_fits(64, 2048, torch.float32, torch.float32)
+    assert not gqa_fits(8, 2048, torch.float32, torch.float32)  # stories260K: head_dim 8
+    assert not gqa_fits(64, 2048, torch.float16, torch.float32)
+    assert not gqa_fits(64, 1 << 20, torch.float32, torch.float32)  # rotary tables too large for the bundle
