@@ -36,7 +36,7 @@ def bench(
         raise BoardError("--prompt-tokens, --new-tokens and --repeats must be >= 1")
     if prompt_tokens + new_tokens > engine.max_positions:
         raise BoardError(
-            f"prompt + new tokens = {prompt_tokens + new_tokens} exceed max_position_embeddings={engine.max_positions}"
+            f"prompt + new tokens = {prompt_tokens + new_tokens} exceed the model's {engine.max_positions} positions"
         )
     rng = np.random.default_rng(seed)
     prompt = rng.integers(3, vocab_size, size=prompt_tokens).tolist()

@@ -34,7 +34,8 @@ class Engine:
         shape = (arch.num_layers, 2, 1, arch.num_kv_heads, graph.kv_len, arch.head_dim)
         self.backend = backend
         self.graph = graph
-        self.max_positions = arch.max_position_embeddings
+        # the graph may rotate fewer positions than the model was trained for (graph.max_positions)
+        self.max_positions = min(arch.max_position_embeddings, graph.max_positions or arch.max_position_embeddings)
         self.cache = KVCache.allocate(shape, graph.kv_dtype, sink, buffer=backend.kv_buffer(shape, graph.kv_dtype),
                                       compact=graph.cache == "inplace")
         self.fed: list[int] = []  # ids fed since the last reset, evicted ones included
@@ -75,7 +76,7 @@ class Engine:
         if len(ids) > self.positions_left:
             raise BoardError(
                 f"{len(ids)} tokens exceed the {self.positions_left} positions left of "
-                f"max_position_embeddings={self.max_positions}; shorten the input or reset"
+                f"the model's {self.max_positions}; shorten the input or reset"
             )
         # a "last"-logits graph must go one token at a time when every position's logits are wanted
         sizes = [1] if all_logits and self.graph.logits != "all" else self.graph.prefill_chunks

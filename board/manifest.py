@@ -22,6 +22,7 @@ from typing import Any, Literal, get_args
 # "nbits8": com.microsoft MatMulNBits, host/nbits.py) that a board reading 2 would not expect.
 # 4: graph.cache "inplace" (host/gqa.py): onnxruntime's GroupQueryAttention updates one KV buffer per layer
 # in place and attends over a prefix of slots; a board reading 3 would bind the §3 signature and fail.
+# Also graph.max_positions: a board reading 3 would feed positions past the graph's rotary tables.
 FORMAT_VERSION = 4
 SUPPORTED_FORMAT_VERSIONS = (1, 2, 3, 4)  # older versions load with the new fields at their defaults
 MANIFEST_NAME = "manifest.json"
@@ -67,6 +68,7 @@ class Graph:
     opset: int = 17
     compute_dtype: str = "float32"  # activations, norms and attention ("float16": the Ascend default)
     cache: str = "slots"  # "slots": DESIGN.md §3; "inplace": one past/present buffer per layer, a prefix (host/gqa.py)
+    max_positions: int | None = None  # positions the graph rotates when fewer than the model's (capped rotary tables)
 
 
 CACHE_LAYOUTS = ("slots", "inplace")
@@ -214,7 +216,10 @@ def _check_ranges(m: Manifest, where: str) -> None:
     checks = [
         (all(getattr(a, f.name) >= 1 for f in fields(Arch) if f.type == "int"), "arch sizes must be >= 1"),
         (a.max_position_embeddings <= MAX_POSITIONS, f"arch.max_position_embeddings must be <= {MAX_POSITIONS}"),
-        (1 <= g.kv_len <= a.max_position_embeddings, f"graph.kv_len {g.kv_len} must be in 1..max_position_embeddings"),
+        (g.max_positions is None or 1 <= g.max_positions <= a.max_position_embeddings,
+         "graph.max_positions must be in 1..max_position_embeddings"),
+        (1 <= g.kv_len <= (g.max_positions or a.max_position_embeddings),
+         f"graph.kv_len {g.kv_len} must be in 1..max_position_embeddings (graph.max_positions when set)"),
         (all(isinstance(c, int) and 1 <= c <= g.kv_len for c in g.prefill_chunks), "graph.prefill_chunks must be in 1..kv_len"),
         (g.kv_dtype in ("float32", "float16") and g.logits in ("all", "last") and g.cache in CACHE_LAYOUTS,
          "graph.kv_dtype/logits/cache unknown"),

@@ -59,7 +59,7 @@ def perplexity(engine: Engine, tokenizer: Tokenizer, text: str, max_tokens: int 
     if ctx > kv_len:
         raise BoardError(f"--ctx {ctx} exceeds the bundle's {kv_len} KV slots; give --ctx {kv_len} or less")
     if ctx > engine.max_positions:
-        raise BoardError(f"--ctx {ctx} exceeds max_position_embeddings={engine.max_positions}; give a smaller --ctx")
+        raise BoardError(f"--ctx {ctx} exceeds the model's {engine.max_positions} positions; give a smaller --ctx")
     ids = tokenizer.encode(text, bos=False)[:max_tokens]
     if not ids:
         raise BoardError("the text encoded to zero tokens; give a longer text")

@@ -146,8 +146,7 @@ def build_from_model(hf_model, tok, text: str, config: BuildConfig, info: dict, 
     exported_model = graph_model  # what the bundle's graph computes; graph_model stays its PyTorch twin
     if config.target == "ort":  # contrib operators are onnxruntime's; ATC parses plain ONNX only
         graph_model.use_contrib_rope()
-        a = graph_model.arch
-        if gqa_fits(a.head_dim, a.max_position_embeddings, kv_dtype, compute):
+        if gqa_fits(graph_model.arch.head_dim, kv_dtype, compute):
             exported_model = InplaceCacheGraph(graph_model)
 
     template = config.chat_template or getattr(tok, "chat_template", None) or "none"

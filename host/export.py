@@ -61,7 +61,8 @@ def graph_record(model: EdgeLlama | InplaceCacheGraph, kv_len: int, prefill_chun
     inputs, outputs = graph_specs(model, kv_len)
     return Graph(kv_len=kv_len, kv_dtype=inputs[-1].dtype, prefill_chunks=list(prefill_chunks), inputs=inputs,
                  outputs=outputs, onnx=exported.files[0], opset=exported.opset, compute_dtype=compute_dtype,
-                 cache="inplace" if isinstance(model, InplaceCacheGraph) else "slots")
+                 cache="inplace" if isinstance(model, InplaceCacheGraph) else "slots",
+                 max_positions=model.max_positions if model.max_positions < model.arch.max_position_embeddings else None)
 
 
 def _set_io_shapes(proto, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:

@@ -8,20 +8,18 @@ and attends over the filled prefix only. That changes the cache contract (manife
 "inplace", board/kvcache.py): one [1,Hkv,KV,D] buffer per layer and kind, bound as both past and
 present; slots [0, n) hold the n cached tokens in order, and the new tokens land at [n, n+S).
 onnxruntime's CPU kernel needs head_dim % 16 == 0 and a float32 cache; ATC parses no contrib
-domain, so the Ascend target keeps the plain graph.
+domain, so the Ascend target keeps the plain graph. The rotation reads the model's contrib tables
+(host/rotary.py), so the graph holds the positions they hold.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from host.rotary import rope_tables, tables_fit
 
-
-def gqa_fits(head_dim: int, max_positions: int, kv_dtype: torch.dtype, compute_dtype: torch.dtype) -> bool:
+def gqa_fits(head_dim: int, kv_dtype: torch.dtype, compute_dtype: torch.dtype) -> bool:
     """Whether onnxruntime's CPU GroupQueryAttention can run this model's attention."""
-    return (head_dim % 16 == 0 and kv_dtype == compute_dtype == torch.float32
-            and tables_fit(max_positions, head_dim))
+    return head_dim % 16 == 0 and kv_dtype == compute_dtype == torch.float32
 
 
 class GroupQueryAttention(torch.autograd.Function):
@@ -83,15 +81,15 @@ class InplaceCacheGraph(nn.Module):
 
     def __init__(self, model):
         super().__init__()
-        self.model = model
-        a = model.arch
-        cos, sin = rope_tables(model.inv_freq, a.max_position_embeddings, model.attention_scaling)
-        self.register_buffer("cos", cos, persistent=False)
-        self.register_buffer("sin", sin, persistent=False)
+        self.model = model.use_contrib_rope() if model.rope_cos is None else model  # its tables feed the node
 
     @property
     def arch(self):
         return self.model.arch
+
+    @property
+    def max_positions(self) -> int:
+        return self.model.max_positions
 
     @property
     def kv_dtype(self) -> torch.dtype:
@@ -112,8 +110,8 @@ class InplaceCacheGraph(nn.Module):
             h = block.input_layernorm(x)
             fused = getattr(block, "qkv_proj", None)
             qkv = (fused(h), None, None) if fused is not None else block.project(h, "qkv_proj")
-            out, k, v = GroupQueryAttention.apply(*qkv, past[2 * i], past[2 * i + 1], seqlens_k, total, self.cos,
-                                                  self.sin, position_ids, a.num_heads, a.num_kv_heads)
+            out, k, v = GroupQueryAttention.apply(*qkv, past[2 * i], past[2 * i + 1], seqlens_k, total, m.rope_cos,
+                                                  m.rope_sin, position_ids, a.num_heads, a.num_kv_heads)
             presents += (k, v)
             x = block.feed_forward(x, out)
         return (m._head(m.norm(x)), *presents)

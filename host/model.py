@@ -26,7 +26,7 @@ from board.manifest import Arch
 from host.errors import InputError
 from host.families import check_config, family_of
 from host.load import arch_numbers
-from host.rotary import RotaryEmbedding, rope_tables, tables_fit
+from host.rotary import RotaryEmbedding, rope_tables, table_positions
 
 # Projection names of one decoder layer, in the order Hugging Face Llama applies them.
 ATTN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -207,11 +207,16 @@ class EdgeLlama(nn.Module):
         return torch.zeros(a.num_layers, 2, 1, a.num_kv_heads, kv_len, a.head_dim, dtype=self.kv_dtype)
 
     def use_contrib_rope(self) -> "EdgeLlama":
-        """Rotate with onnxruntime's contrib RotaryEmbedding (host/rotary.py) when its tables are small enough."""
+        """Rotate with onnxruntime's contrib RotaryEmbedding (host/rotary.py), from tables of every position it can hold."""
         a = self.arch
-        if tables_fit(a.max_position_embeddings, a.head_dim):
-            self.rope_cos, self.rope_sin = rope_tables(self.inv_freq, a.max_position_embeddings, self.attention_scaling)
+        positions = table_positions(a.max_position_embeddings, a.head_dim)
+        self.rope_cos, self.rope_sin = rope_tables(self.inv_freq, positions, self.attention_scaling)
         return self
+
+    @property
+    def max_positions(self) -> int:
+        """Positions the graph can rotate: the model's, or fewer when its rotary tables were capped."""
+        return self.arch.max_position_embeddings if self.rope_cos is None else int(self.rope_cos.shape[0])
 
     def _rope(self, position_ids, dtype: torch.dtype):
         """rope(t [1,S,heads*D], heads) -> t as [S,heads,D], rotated to the positions of the new tokens."""

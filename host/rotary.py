@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import torch
 
-# Tables of more positions than this (cos and sin, float32) stay out of the bundle: the plain nodes are used instead.
+# The tables (cos and sin, float32) hold at most this many bytes: a model trained for more positions
+# (Llama-3.2-3B: 131072 x head_dim 128, 64 MiB) gets tables of fewer, and the bundle says so
+# (manifest graph.max_positions), which is still far beyond any conversation a board holds.
 MAX_TABLE_BYTES = 32 << 20
 
 
@@ -20,8 +22,9 @@ def rope_tables(inv_freq: torch.Tensor, positions: int, scaling: float) -> tuple
     return freqs.cos() * scaling, freqs.sin() * scaling
 
 
-def tables_fit(positions: int, head_dim: int) -> bool:
-    return 2 * positions * (head_dim // 2) * 4 <= MAX_TABLE_BYTES
+def table_positions(positions: int, head_dim: int) -> int:
+    """How many of a model's `positions` the tables hold within MAX_TABLE_BYTES."""
+    return min(positions, MAX_TABLE_BYTES // (2 * (head_dim // 2) * 4))
 
 
 class RotaryEmbedding(torch.autograd.Function):

@@ -107,6 +107,9 @@ def test_declared_size_must_equal_the_real_size_before_hashing(copy, hashed):
     (lambda d: "[" * 100000 + "]" * 100000, "unreadable manifest"),
     (lambda d: d["graph"].update(kv_len=10**12), "kv_len"),
     (lambda d: d["graph"].update(kv_len="64"), "kv_len"),
+    (lambda d: d["graph"].update(max_positions=0), "graph.max_positions"),
+    (lambda d: d["graph"].update(max_positions=32), "graph.kv_len 64 must be"),  # fewer positions than KV slots
+    (lambda d: d["graph"].update(cache="ring"), "cache unknown"),
     (lambda d: d.update(format_version=True), "format_version True"),
     (lambda d: d.update(format_version=1.0), "format_version 1.0"),
     (lambda d: d["arch"].update(num_layers=True), "num_layers"),

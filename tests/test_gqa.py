@@ -9,6 +9,7 @@ import torch
 
 from board.backends.ort import OrtBackend
 from board.engine import Engine
+from board.errors import BoardError
 from board.kvcache import EMPTY
 from host.calibrate import collect_input_absmax
 from host.export import export_onnx, graph_record
@@ -86,7 +87,16 @@ def test_w8a8_inplace_graph_greedy_tokens_equal_its_torch_twin(fp, tmp_path):
 
 
 def test_gqa_is_used_only_where_onnxruntimes_cpu_kernel_runs():
-    assert gqa_fits(64, 2048, torch.float32, torch.float32)
-    assert not gqa_fits(8, 2048, torch.float32, torch.float32)  # stories260K: head_dim 8
-    assert not gqa_fits(64, 2048, torch.float16, torch.float32)
-    assert not gqa_fits(64, 1 << 20, torch.float32, torch.float32)  # rotary tables too large for the bundle
+    assert gqa_fits(64, torch.float32, torch.float32)
+    assert not gqa_fits(8, torch.float32, torch.float32)  # stories260K: head_dim 8
+    assert not gqa_fits(64, torch.float16, torch.float32)
+
+
+def test_a_graph_with_capped_rotary_tables_records_its_positions_and_the_board_stops_there(tmp_path, monkeypatch):
+    monkeypatch.setattr("host.rotary.MAX_TABLE_BYTES", 2 * 40 * 8 * 4)  # tables of 40 positions at head_dim 16
+    model = EdgeLlama.from_hf(make_model(vocab=150, layers=1, seed=3, max_position_embeddings=512))
+    onnx_engine, _, _ = inplace_engines(model, tmp_path)
+    assert onnx_engine.graph.max_positions == onnx_engine.max_positions == 40
+    onnx_engine.feed(TOKENS[:4] + TOKENS + TOKENS[:10])  # 40 positions, through eviction (KV 16)
+    with pytest.raises(BoardError, match="exceed the 0 positions left of the model's 40"):
+        onnx_engine.feed([5])
