@@ -100,13 +100,13 @@ class Block(nn.Module):
         k_new = rope(k, hkv).transpose(0, 1)  # [Hkv,S,D]
         v_new = v.view(-1, hkv, d).transpose(0, 1)
         attn = attend(q, past_k, past_v, k_new, v_new, mask, self.num_heads // hkv)
-        return self.feed_forward(x, attn[None]), k_new, v_new
+        x = x + self.o_proj(attn[None])
+        return x + self.mlp(self.post_attention_layernorm(x)), k_new, v_new
 
-    def feed_forward(self, x, attn):
-        """The rest of the layer after attention: x + o_proj(attn [1,S,H*D]), then the residual MLP."""
-        x = x + self.o_proj(attn)
-        gate, up = self.project(self.post_attention_layernorm(x), "gate_up_proj")
-        return x + self.down_proj(nn.functional.silu(gate) * up)
+    def mlp(self, h: torch.Tensor) -> torch.Tensor:
+        """The SiLU-gated MLP of the normed h [1,S,H] (without the residual)."""
+        gate, up = self.project(h, "gate_up_proj")
+        return self.down_proj(nn.functional.silu(gate) * up)
 
     def project(self, h: torch.Tensor, group: str) -> tuple[torch.Tensor, ...]:
         """The outputs of a FUSED_PROJECTIONS group: one fused matmul split, or one matmul per projection."""

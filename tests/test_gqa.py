@@ -43,6 +43,8 @@ def inplace_engines(model, tmp_path, sink: int = 2):
 def test_inplace_graph_is_one_attention_node_per_layer_with_per_layer_caches(fp, tmp_path):
     _, _, info = inplace_engines(fp, tmp_path)
     assert info.ops["GroupQueryAttention"] == LAYERS
+    # every residual add is fused into the norm after it; only the first layer's input norm has none
+    assert info.ops["SkipSimplifiedLayerNormalization"] == 2 * LAYERS and info.ops["ReduceMean"] == 1
     for absent in ("Softmax", "Transpose", "Concat"):  # the plain attention's nodes are gone
         assert absent not in info.ops
     proto = onnx.load(str(tmp_path / "model.onnx"))

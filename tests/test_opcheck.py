@@ -111,11 +111,11 @@ def test_real_s8s8_export_passes_with_only_matmulinteger_needing_the_plugin(real
 
 def test_real_nbits8_export_is_rejected_naming_the_contrib_domain(real_bundles):
     report = check_model(real_bundles["ort"] / "model.onnx")
-    assert sorted(u.op_type for u in report.unsupported) == ["GroupQueryAttention", "MatMulNBits"]
+    assert sorted(u.op_type for u in report.unsupported) == ["GroupQueryAttention", "MatMulNBits", "SkipSimplifiedLayerNormalization"]
     assert "domain 'com.microsoft' is not parsed by ATC" in _status(report, "MatMulNBits").note
 
 
 def test_real_u8u8_export_is_rejected_naming_its_zero_point(real_bundles):
     report = check_model(real_bundles["ort-static"] / "model.onnx")
-    assert sorted(u.op_type for u in report.unsupported) == ["GroupQueryAttention", "MatMulInteger"]
+    assert sorted(u.op_type for u in report.unsupported) == ["GroupQueryAttention", "MatMulInteger", "SkipSimplifiedLayerNormalization"]
     assert "is 128 (uint8), not 0" in _status(report, "MatMulInteger").note
