@@ -19,6 +19,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from host.model import rms_norm
+from host.rotary import rotate
+
 
 def gqa_fits(head_dim: int, kv_dtype: torch.dtype, compute_dtype: torch.dtype) -> bool:
     """Whether onnxruntime's CPU GroupQueryAttention can run this model's attention."""
@@ -41,20 +44,15 @@ class GroupQueryAttention(torch.autograd.Function):
         if k is None:  # packed: q holds q, k and v side by side
             q, k, v = q.split([heads * d, kv_heads * d, kv_heads * d], dim=-1)
         q, k, v = q[0].view(s, heads, d), k[0].view(s, kv_heads, d), v[0].view(s, kv_heads, d)
-        cos, sin = cos_table[position_ids[0]][:, None], sin_table[position_ids[0]][:, None]  # [S,1,D/2]
-
-        def rotate(x):
-            first, second = x.chunk(2, dim=-1)
-            return torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1)
-
+        q, k = (rotate(t, position_ids, cos_table, sin_table) for t in (q, k))
         end = int(total)
         start = end - s
         present_k, present_v = past_k.clone(), past_v.clone()
-        present_k[0, :, start:end] = rotate(k).transpose(0, 1)
+        present_k[0, :, start:end] = k.transpose(0, 1)
         present_v[0, :, start:end] = v.transpose(0, 1)
         keys = present_k[0, :, :end].repeat_interleave(heads // kv_heads, dim=0)  # [H,T,D]
         values = present_v[0, :, :end].repeat_interleave(heads // kv_heads, dim=0)
-        scores = torch.matmul(rotate(q).transpose(0, 1), keys.transpose(1, 2)) * d**-0.5  # [H,S,T]
+        scores = torch.matmul(q.transpose(0, 1), keys.transpose(1, 2)) * d**-0.5  # [H,S,T]
         causal = torch.arange(end)[None, :] <= torch.arange(start, end)[:, None]
         probs = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
         out = torch.matmul(probs, values).transpose(0, 1).reshape(1, s, heads * d)
@@ -80,7 +78,7 @@ class SkipRMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, skip, weight, eps: float):
         total = x + skip
-        return weight * (total * torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + eps)), total
+        return rms_norm(total, weight, eps), total
 
     @staticmethod
     def symbolic(g, x, skip, weight, eps: float):

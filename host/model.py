@@ -55,6 +55,11 @@ def arch_from_config(config) -> Arch:
     return Arch(**arch_numbers(config))
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Llama's RMSNorm in float32: x / sqrt(mean(x^2) + eps) * weight."""
+    return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
 class RMSNorm(nn.Module):
     """Llama RMSNorm: x / sqrt(mean(x^2) + eps) * weight, in the dtype of x."""
 
@@ -65,8 +70,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:
-            variance = x.pow(2).mean(-1, keepdim=True)
-            return self.weight * (x * torch.rsqrt(variance + self.eps))
+            return rms_norm(x, self.weight, self.eps)
         # fp16: x^2 overflows above |x| = 256, which residual streams reach. Scale each row by its
         # max |x| first (exact: x * rsqrt(mean(x^2) + eps) == y * rsqrt(mean(y^2) + eps / m^2), y = x / m).
         m = x.abs().amax(-1, keepdim=True).clamp(min=FP16_NORM_FLOOR)

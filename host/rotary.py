@@ -27,15 +27,19 @@ def table_positions(positions: int, head_dim: int) -> int:
     return min(positions, MAX_TABLE_BYTES // (2 * (head_dim // 2) * 4))
 
 
+def rotate(x: torch.Tensor, position_ids: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor) -> torch.Tensor:
+    """x [S,heads,D] rotated by position_ids [1,S] with the tables: what the contrib operators compute."""
+    cos, sin = cos_table[position_ids[0]][:, None], sin_table[position_ids[0]][:, None]  # [S,1,D/2]
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1)
+
+
 class RotaryEmbedding(torch.autograd.Function):
     """x [1,S,heads*D] rotated by position_ids [1,S] with the tables; com.microsoft RotaryEmbedding."""
 
     @staticmethod
     def forward(ctx, x, position_ids, cos_table, sin_table, heads: int):
-        cos, sin = cos_table[position_ids[0]][:, None], sin_table[position_ids[0]][:, None]  # [S,1,D/2]
-        first, second = x.view(x.shape[1], heads, -1).chunk(2, dim=-1)
-        out = torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1)
-        return out.view(x.shape)
+        return rotate(x.view(x.shape[1], heads, -1), position_ids, cos_table, sin_table).view(x.shape)
 
     @staticmethod
     def symbolic(g, x, position_ids, cos_table, sin_table, heads: int):
