@@ -35,7 +35,7 @@ class Engine:
         self.backend = backend
         self.graph = graph
         # the graph may rotate fewer positions than the model was trained for (graph.max_positions)
-        self.max_positions = min(arch.max_position_embeddings, graph.max_positions or arch.max_position_embeddings)
+        self.max_positions = graph.max_positions or arch.max_position_embeddings
         self.cache = KVCache.allocate(shape, graph.kv_dtype, sink, buffer=backend.kv_buffer(shape, graph.kv_dtype),
                                       compact=graph.cache == "inplace")
         self.fed: list[int] = []  # ids fed since the last reset, evicted ones included

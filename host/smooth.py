@@ -55,11 +55,6 @@ def weight_absmax(weights: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([w.detach().float().abs().amax(dim=0) for w in weights]).amax(dim=0)
 
 
-def smoothing_scales(act_absmax: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:
-    """Per-input-channel s [K] from activation abs-max [K] and the weights [N_i, K] that share the input."""
-    return scales_from_absmax(act_absmax, weight_absmax(weights), alpha)
-
-
 def scales_from_absmax(act_absmax: torch.Tensor, w_absmax: torch.Tensor, alpha: float) -> torch.Tensor:
     """s_j = max|X_j|^alpha / max|W_j|^(1 - alpha), floored."""
     if not 0.0 <= alpha <= 1.0:

@@ -7,8 +7,6 @@ import onnx
 import pytest
 import torch
 
-from board.backends.ort import OrtBackend
-from board.engine import Engine
 from board.errors import BoardError
 from board.kvcache import EMPTY
 from host.calibrate import collect_input_absmax
@@ -16,7 +14,7 @@ from host.export import export_onnx, graph_record
 from host.gqa import InplaceCacheGraph, gqa_fits
 from host.model import EdgeLlama
 from host.quantize import quantize_model
-from host.verify import TorchBackend
+from host.verify import engines
 from tests.support.bundles import make_model
 
 KV = 16
@@ -30,14 +28,13 @@ def fp():
         yield EdgeLlama.from_hf(make_model(vocab=150, layers=LAYERS, seed=7, init_std=0.15))
 
 
-def inplace_engines(model, tmp_path, sink: int = 2):
+def inplace_engines(model, tmp_path):
     """(onnxruntime engine on the exported inplace graph, PyTorch engine on the plain model), same Graph record."""
     graph_model = InplaceCacheGraph(model)
     with torch.no_grad():
         info = export_onnx(graph_model, tmp_path, KV)
-    graph = graph_record(graph_model, KV, [1, 4], info)
-    onnx_engine = Engine(OrtBackend(tmp_path / "model.onnx", graph, model.arch.vocab_size), model.arch, graph, sink=sink)
-    return onnx_engine, Engine(TorchBackend(model), model.arch, graph, sink=sink), info
+    runs = engines(tmp_path, graph_record(graph_model, KV, [1, 4], info), {"torch": model})
+    return runs["onnx"], runs["torch"], info
 
 
 def test_inplace_graph_is_one_attention_node_per_layer_with_per_layer_caches(fp, tmp_path):
@@ -66,7 +63,7 @@ def test_graph_writes_the_boards_cache_in_place_and_matches_torch_across_evictio
         np.testing.assert_allclose(onnx_engine.cache.kv[..., :used, :], torch_engine.cache.kv[..., :used, :], atol=1e-5)
     assert onnx_engine.cache.next_pos == len(TOKENS) > KV
     slot_pos = onnx_engine.cache.slot_pos
-    assert slot_pos[:2].tolist() == [0, 1]  # the sink stays; the rest is the recent window, in order
+    assert slot_pos[:4].tolist() == [0, 1, 2, 3]  # the sink (DEFAULT_SINK) stays; the rest is the recent window, in order
     held = slot_pos[slot_pos != EMPTY]
     assert held[-1] == len(TOKENS) - 1 and (np.diff(held) > 0).all()
 

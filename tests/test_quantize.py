@@ -22,7 +22,7 @@ from host.quantize import (
 )
 from host.quantize import LayerFloats, smooth_layer
 from host.recipe import group_error, row_names, search_alphas
-from host.smooth import SMOOTH_GROUPS, smoothing_scales
+from host.smooth import SMOOTH_GROUPS, scales_from_absmax, weight_absmax
 
 
 @pytest.fixture(autouse=True)
@@ -153,8 +153,8 @@ def test_smoothing_scales_by_hand():
     act = torch.tensor([4.0, 1.0])
     weights = [torch.tensor([[1.0, 2.0]]), torch.tensor([[-0.5, -4.0]])]  # column max |w|: 1, 4
     # s = act^0.5 / w^0.5 = [2/1, 1/2]
-    torch.testing.assert_close(smoothing_scales(act, weights, 0.5), torch.tensor([2.0, 0.5]))
-    torch.testing.assert_close(smoothing_scales(act, weights, 1.0), act)
+    torch.testing.assert_close(scales_from_absmax(act, weight_absmax(weights), 0.5), torch.tensor([2.0, 0.5]))
+    torch.testing.assert_close(scales_from_absmax(act, weight_absmax(weights), 1.0), act)
 
 
 def test_smoothing_keeps_the_float_model_and_flattens_outlier_channels():
