@@ -297,10 +297,13 @@ def test_stories260K_w8a8_perplexity_within_3_percent_of_fp32(stories_bundles):
 
 @pytest.fixture(scope="module")
 def stories_ascend(tmp_path_factory) -> Path:
-    """stories260K for the NPU with the target's defaults: s8s8 W8A8, fp16 compute, opset 11."""
+    """stories260K for the NPU with the target's defaults: s8s8 W8A8, fp16 compute, opset 11.
+
+    4096 held-out tokens: the default 512 are too few for a 1 % bound on this model. They gave 1.0115 on
+    a CPU without AVX-512 and passed on others; 4096 give 1.0038, and 20000 (board perplexity) 1.0034."""
     out = tmp_path_factory.mktemp("stories-ascend") / "b"
     return build(BuildConfig(model=str(need(STORIES_BIN)), tokenizer=str(need(STORIES_TOK)), calib=need(TINYSTORIES_TEXT),
-                             quant="w8a8", target="ascend", kv_len=128, out=out)).path
+                             quant="w8a8", target="ascend", kv_len=128, eval_tokens=4096, out=out)).path
 
 
 def test_stories260K_ascend_bundle_computes_in_fp16_within_1_percent_of_fp32(stories_ascend):
@@ -313,7 +316,7 @@ def test_stories260K_ascend_bundle_computes_in_fp16_within_1_percent_of_fp32(sto
     fp16_tensors = {i.name for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
     assert len(fp16_tensors) >= 11  # the norm weights (2 per layer + final) are fp16 in the graph
     ppl = json.loads((stories_ascend / "report.json").read_text())["verification"]["perplexity"]
-    assert ppl["ratio"] == ppl["onnx"] / ppl["fp32"] and ppl["ratio"] <= 1.01, ppl  # measured 0.9991
+    assert ppl["ratio"] == ppl["onnx"] / ppl["fp32"] and ppl["ratio"] <= 1.01, ppl  # measured 1.0038 (README §4)
     _, text = bundle_greedy(stories_ascend, ONCE, 40)
     assert text.startswith(LILY), text
 
