@@ -79,20 +79,20 @@ class Engine:
                 f"the model's {self.max_positions}; shorten the input or reset"
             )
         # a "last"-logits graph must go one token at a time when every position's logits are wanted
-        sizes = [1] if all_logits and self.graph.logits != "all" else self.graph.prefill_chunks
+        sizes = [1] if all_logits and self.graph.logits == "last" else self.graph.prefill_chunks
         rows, start = [], 0
         for size in plan_chunks(len(ids), sizes, self.cache.capacity_per_step()):
-            logits = self._step(ids[start : start + size])
+            logits = self._step(ids[start : start + size], last_only=not all_logits)
             rows.append(logits[0].copy() if all_logits else None)
             start += size
         return np.concatenate(rows) if all_logits else logits[0, -1].copy()
 
-    def _step(self, chunk: list[int]) -> np.ndarray:
+    def _step(self, chunk: list[int], last_only: bool) -> np.ndarray:
         cache = self.cache
         slots = cache.reserve(len(chunk))
         mask, positions = cache.step_inputs(len(chunk))
         input_ids = np.asarray(chunk, dtype=np.int64)[None, :]
-        logits, present = self.backend.forward(input_ids, mask, positions, cache.kv)
+        logits, present = self.backend.forward(input_ids, mask, positions, cache.kv, last_only=last_only)
         cache.commit(slots, present)
         self.fed.extend(chunk)
         return logits

@@ -23,8 +23,10 @@ from typing import Any, Literal, get_args
 # 4: graph.cache "inplace" (host/gqa.py): onnxruntime's GroupQueryAttention updates one KV buffer per layer
 # in place and attends over a prefix of slots; a board reading 3 would bind the §3 signature and fail.
 # Also graph.max_positions: a board reading 3 would feed positions past the graph's rotary tables.
-FORMAT_VERSION = 4
-SUPPORTED_FORMAT_VERSIONS = (1, 2, 3, 4)  # older versions load with the new fields at their defaults
+# 5: graph.logits "index" (the inplace graph): an input logits_index [N] names the chunk rows that get
+# logits, so a prefill computes lm_head for its last row only; a board reading 4 would not bind it.
+FORMAT_VERSION = 5
+SUPPORTED_FORMAT_VERSIONS = (1, 2, 3, 4, 5)  # older versions load with the new fields at their defaults
 MANIFEST_NAME = "manifest.json"
 
 
@@ -60,7 +62,7 @@ class Graph:
     prefill_chunks: list  # chunk lengths S the compiled graph accepts; always includes 1
     inputs: list  # [TensorSpec]
     outputs: list  # [TensorSpec]
-    logits: str = "all"  # "all": [1, S, V]; "last": [1, 1, V]
+    logits: str = "all"  # "all": [1, S, V]; "last": [1, 1, V]; "index": [1, N, V], the rows input logits_index names
     onnx: str = "model.onnx"
     om: str | None = None  # set when ATC compiled the graph
     om_soc: str | None = None  # the chip the .om was compiled for (Ascend310B1 = 20T, Ascend310B4 = 8T)
@@ -72,6 +74,7 @@ class Graph:
 
 
 CACHE_LAYOUTS = ("slots", "inplace")
+LOGITS_ROWS = ("all", "last", "index")
 QuantScheme = Literal["none", "w8a8"]
 Dialect = Literal["nbits8", "u8u8", "s8s8"]  # W8A8 integer layout: nbits8/u8u8 for onnxruntime CPU, s8s8 for the Ascend plugin
 ActScheme = Literal["dynamic", "static"]  # activation scales per token at run time, or per tensor from calibration
@@ -221,7 +224,7 @@ def _check_ranges(m: Manifest, where: str) -> None:
         (1 <= g.kv_len <= (g.max_positions or a.max_position_embeddings),
          f"graph.kv_len {g.kv_len} must be in 1..max_position_embeddings (graph.max_positions when set)"),
         (all(isinstance(c, int) and 1 <= c <= g.kv_len for c in g.prefill_chunks), "graph.prefill_chunks must be in 1..kv_len"),
-        (g.kv_dtype in ("float32", "float16") and g.logits in ("all", "last") and g.cache in CACHE_LAYOUTS,
+        (g.kv_dtype in ("float32", "float16") and g.logits in LOGITS_ROWS and g.cache in CACHE_LAYOUTS,
          "graph.kv_dtype/logits/cache unknown"),
         (m.quantization.scheme in QUANT_SCHEMES and m.quantization.dialect in (None, *DIALECTS), "unknown quantization"),
         (all(0 <= i < a.vocab_size for i in (m.tokens.bos_id, m.tokens.eos_id, m.tokens.pad_id)), "token ids outside the vocabulary"),

@@ -19,7 +19,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from board.backends.base import INPUT_NAMES, OUTPUT_NAMES, layer_names
+from board.backends.base import INPUT_NAMES, LOGITS_INDEX, OUTPUT_NAMES, layer_names
 from board.manifest import Graph, TensorSpec
 from host.errors import BuildError
 from host.gqa import InplaceCacheGraph
@@ -40,18 +40,20 @@ class ExportInfo:
 
 
 def graph_specs(model: EdgeLlama | InplaceCacheGraph, kv_len: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Manifest input and output TensorSpecs; "S" is the dynamic chunk length."""
+    """Manifest input and output TensorSpecs; "S" is the dynamic chunk length, "N" the rows given logits."""
     a = model.arch
     kv = _DTYPE_NAMES[model.kv_dtype]
     inputs = [TensorSpec(n, "int64", shape) for n, shape in zip(INPUT_NAMES, ([1, "S"], [1, f"{kv_len}+S"], [1, "S"]))]
-    outputs = [TensorSpec(OUTPUT_NAMES[0], "float32", [1, "S", a.vocab_size])]
     if isinstance(model, InplaceCacheGraph):
         layer = [1, a.num_kv_heads, kv_len, a.head_dim]
+        inputs.append(TensorSpec(LOGITS_INDEX, "int64", ["N"]))
         inputs += [TensorSpec(n, kv, layer) for n in layer_names(INPUT_NAMES[3], a.num_layers)]
+        outputs = [TensorSpec(OUTPUT_NAMES[0], "float32", [1, "N", a.vocab_size])]
         outputs += [TensorSpec(n, kv, layer) for n in layer_names(OUTPUT_NAMES[1], a.num_layers)]
     else:
         inputs.append(TensorSpec(INPUT_NAMES[3], kv, [a.num_layers, 2, 1, a.num_kv_heads, kv_len, a.head_dim]))
-        outputs.append(TensorSpec(OUTPUT_NAMES[1], kv, [a.num_layers, 2, 1, a.num_kv_heads, "S", a.head_dim]))
+        outputs = [TensorSpec(OUTPUT_NAMES[0], "float32", [1, "S", a.vocab_size]),
+                   TensorSpec(OUTPUT_NAMES[1], kv, [a.num_layers, 2, 1, a.num_kv_heads, "S", a.head_dim])]
     return inputs, outputs
 
 
@@ -62,6 +64,7 @@ def graph_record(model: EdgeLlama | InplaceCacheGraph, kv_len: int, prefill_chun
     return Graph(kv_len=kv_len, kv_dtype=inputs[-1].dtype, prefill_chunks=list(prefill_chunks), inputs=inputs,
                  outputs=outputs, onnx=exported.files[0], opset=exported.opset, compute_dtype=compute_dtype,
                  cache="inplace" if isinstance(model, InplaceCacheGraph) else "slots",
+                 logits="index" if isinstance(model, InplaceCacheGraph) else "all",
                  max_positions=model.max_positions if model.max_positions < model.arch.max_position_embeddings else None)
 
 
@@ -82,8 +85,9 @@ def example_inputs(model: EdgeLlama | InplaceCacheGraph, kv_len: int, seq: int =
     ids = torch.zeros(1, seq, dtype=torch.long)
     mask = torch.cat((torch.zeros(1, kv_len, dtype=torch.long), torch.ones(1, seq, dtype=torch.long)), dim=1)
     positions = torch.arange(seq, dtype=torch.long)[None]
-    cache = model.empty_cache(kv_len)
-    return ids, mask, positions, *(cache if isinstance(cache, list) else [cache])
+    if isinstance(model, InplaceCacheGraph):
+        return ids, mask, positions, torch.arange(seq, dtype=torch.long), *model.empty_cache(kv_len)
+    return ids, mask, positions, model.empty_cache(kv_len)
 
 
 def export_onnx(model: EdgeLlama | InplaceCacheGraph, out_dir: Path, kv_len: int, name: str = "model.onnx",

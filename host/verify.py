@@ -53,7 +53,7 @@ class TorchBackend(Backend):
     def __init__(self, model: EdgeLlama):
         self.model = model
 
-    def forward(self, input_ids, attention_mask, position_ids, past_key_values):
+    def forward(self, input_ids, attention_mask, position_ids, past_key_values, last_only=False):
         with torch.no_grad():
             logits, present = self.model(*(torch.from_numpy(a) for a in (input_ids, attention_mask, position_ids,
                                                                          past_key_values)))

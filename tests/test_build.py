@@ -47,12 +47,14 @@ def test_tiny_bundle_is_complete_and_checksummed(tiny_bundle):
     assert sorted(p.name for p in tiny_bundle.iterdir()) == ["manifest.json", "model.onnx", "report.json", "tokenizer.json"]
     a, g = manifest.arch, manifest.graph
     assert (a.num_layers, a.num_heads, a.num_kv_heads, a.head_dim, a.vocab_size) == (2, 4, 2, 16, 320)
-    assert (g.kv_len, g.kv_dtype, g.prefill_chunks, g.logits, g.opset) == (64, "float32", [1, 8, 16], "all", 17)
+    assert (g.kv_len, g.kv_dtype, g.prefill_chunks, g.logits, g.opset) == (64, "float32", [1, 8, 16], "index", 17)
     # head_dim 16 suits onnxruntime's GroupQueryAttention: one KV buffer per layer and kind, updated in place
-    assert g.cache == "inplace" and manifest.format_version == 4
-    assert [t.name for t in g.inputs] == ["input_ids", "attention_mask", "position_ids", "past_key_values.0.key",
-                                          "past_key_values.0.value", "past_key_values.1.key", "past_key_values.1.value"]
-    assert {tuple(t.shape) for t in g.inputs[3:] + g.outputs[1:]} == {(1, 2, 64, 16)}
+    assert g.cache == "inplace" and manifest.format_version == 5
+    assert [t.name for t in g.inputs] == ["input_ids", "attention_mask", "position_ids", "logits_index",
+                                          "past_key_values.0.key", "past_key_values.0.value", "past_key_values.1.key",
+                                          "past_key_values.1.value"]
+    assert g.outputs[0].shape == [1, "N", 320]  # logits for the rows logits_index names
+    assert {tuple(t.shape) for t in g.inputs[4:] + g.outputs[1:]} == {(1, 2, 64, 16)}
     assert manifest.quantization.scheme == "none" and manifest.quantization.dialect is None
     assert (manifest.tokens.bos_id, manifest.tokens.eos_id, manifest.tokens.add_bos) == (1, 2, True)
     assert manifest.chat_template == CHAT_TEMPLATES["none"]

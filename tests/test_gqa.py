@@ -46,9 +46,10 @@ def test_inplace_graph_is_one_attention_node_per_layer_with_per_layer_caches(fp,
         assert absent not in info.ops
     proto = onnx.load(str(tmp_path / "model.onnx"))
     names = [v.name for v in proto.graph.input] + [v.name for v in proto.graph.output]
-    assert names == ["input_ids", "attention_mask", "position_ids", "past_key_values.0.key", "past_key_values.0.value",
-                     "past_key_values.1.key", "past_key_values.1.value", "logits", "present_key_values.0.key",
-                     "present_key_values.0.value", "present_key_values.1.key", "present_key_values.1.value"]
+    assert names == ["input_ids", "attention_mask", "position_ids", "logits_index", "past_key_values.0.key",
+                     "past_key_values.0.value", "past_key_values.1.key", "past_key_values.1.value", "logits",
+                     "present_key_values.0.key", "present_key_values.0.value", "present_key_values.1.key",
+                     "present_key_values.1.value"]
 
 
 def test_graph_writes_the_boards_cache_in_place_and_matches_torch_across_eviction(fp, tmp_path):
@@ -66,6 +67,19 @@ def test_graph_writes_the_boards_cache_in_place_and_matches_torch_across_evictio
     assert slot_pos[:4].tolist() == [0, 1, 2, 3]  # the sink (DEFAULT_SINK) stays; the rest is the recent window, in order
     held = slot_pos[slot_pos != EMPTY]
     assert held[-1] == len(TOKENS) - 1 and (np.diff(held) > 0).all()
+
+
+def test_a_prefill_computes_logits_for_its_last_row_only_as_the_full_prefill_does(fp, tmp_path):
+    onnx_engine, _, _ = inplace_engines(fp, tmp_path)
+    assert onnx_engine.graph.logits == "index"
+    every = onnx_engine.feed(TOKENS[:4], all_logits=True)
+    onnx_engine.reset()
+    backend, cache = onnx_engine.backend, onnx_engine.cache
+    cache.reserve(4)
+    mask, positions = cache.step_inputs(4)
+    logits, _ = backend.forward(np.asarray([TOKENS[:4]]), mask, positions, cache.kv, last_only=True)
+    assert logits.shape == (1, 1, 150)  # lm_head ran on one row, not four
+    np.testing.assert_allclose(logits[0, 0], every[-1], atol=1e-5, rtol=0)
 
 
 def test_w8a8_inplace_graph_greedy_tokens_equal_its_torch_twin(fp, tmp_path):

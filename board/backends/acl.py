@@ -199,7 +199,8 @@ class AclBackend(Backend):
             check(ret, f"acl.rt.memcpy device->host ({buf.name})")
         return out
 
-    def forward(self, input_ids, attention_mask, position_ids, past_key_values):
+    def forward(self, input_ids, attention_mask, position_ids, past_key_values, last_only=False):
+        # the Ascend graph (graph.logits "all") computes every row; the engine takes the last
         self._bind_thread()
         arrays = (input_ids, attention_mask, position_ids, past_key_values)
         for index, arr in zip(self._in_index, arrays):

@@ -8,6 +8,7 @@ import numpy as np
 # DESIGN.md §3 names; the board checks the loaded graph against them.
 INPUT_NAMES = ("input_ids", "attention_mask", "position_ids", "past_key_values")
 OUTPUT_NAMES = ("logits", "present_key_values")
+LOGITS_INDEX = "logits_index"  # graph.logits "index": int64 [N], the chunk rows to compute logits for
 
 
 def layer_names(prefix: str, num_layers: int) -> list[str]:
@@ -16,11 +17,12 @@ def layer_names(prefix: str, num_layers: int) -> list[str]:
 
 
 def io_names(graph) -> tuple[list[str], list[str]]:
-    """A manifest Graph's input and output names in binding order (KV caches last, layer by layer)."""
+    """A manifest Graph's input and output names in binding order (logits_index, then KV caches, layer by layer)."""
+    small = list(INPUT_NAMES[:3]) + ([LOGITS_INDEX] if graph.logits == "index" else [])
     if graph.cache == "slots":
-        return list(INPUT_NAMES), list(OUTPUT_NAMES)
+        return small + [INPUT_NAMES[3]], list(OUTPUT_NAMES)
     layers = sum(t.name.startswith(INPUT_NAMES[3] + ".") for t in graph.inputs) // 2
-    return list(INPUT_NAMES[:3]) + layer_names(INPUT_NAMES[3], layers), [OUTPUT_NAMES[0]] + layer_names(OUTPUT_NAMES[1], layers)
+    return small + layer_names(INPUT_NAMES[3], layers), [OUTPUT_NAMES[0]] + layer_names(OUTPUT_NAMES[1], layers)
 
 
 class Backend(ABC):
@@ -35,11 +37,14 @@ class Backend(ABC):
         attention_mask: np.ndarray,
         position_ids: np.ndarray,
         past_key_values: np.ndarray,
+        last_only: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(logits [1,S,V] or [1,1,V], present_key_values [L,2,1,Hkv,S,D]); may reuse its buffers next call.
 
-        present is None when the graph wrote the new keys/values into past_key_values itself
-        (graph.cache "inplace": at slots [n, n+S) after the n cached ones)."""
+        last_only: only the last row's logits are wanted; a graph that can skip the others
+        (graph.logits "index") returns [1,1,V]. present is None when the graph wrote the new
+        keys/values into past_key_values itself (graph.cache "inplace": at slots [n, n+S) after
+        the n cached ones)."""
 
     def kv_buffer(self, shape: tuple, dtype: str) -> np.ndarray | None:
         """Memory for the KV cache that the accelerator reads without a copy, or None to use plain numpy."""

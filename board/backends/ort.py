@@ -66,20 +66,24 @@ class OrtBackend(Backend):
         self.path = onnx_path
         self.graph = graph
         self.vocab_size = vocab_size
-        self._bound: dict[int, _Binding] = {}
+        self._bound: dict[tuple, _Binding] = {}
 
-    def _binding(self, s: int, past: np.ndarray) -> "_Binding":
-        """The IOBinding for chunk size s, made once: inputs and outputs bound by pointer."""
-        bound = self._bound.get(s)
+    def _binding(self, s: int, past: np.ndarray, last_only: bool) -> "_Binding":
+        """The IOBinding for chunk size s (and, for a graph.logits "index" graph, the rows wanted), made once."""
+        index = self.graph.logits == "index"
+        key = (s, last_only and index)
+        bound = self._bound.get(key)
         if bound is None or bound.past_ptr != past.ctypes.data:
-            rows = s if self.graph.logits == "all" else 1
+            rows = 1 if self.graph.logits == "last" or (index and last_only) else s
             inputs = [np.zeros((1, s), np.int64), np.zeros((1, past.shape[4] + s), np.int64), np.zeros((1, s), np.int64)]
+            if index:  # constant per binding: which chunk rows get logits
+                inputs.append(np.arange(s - rows, s, dtype=np.int64))
             outputs = [np.empty((1, rows, self.vocab_size), np.float32)]
             if self.graph.cache == "inplace":
                 slabs = [past[i, kind] for i in range(past.shape[0]) for kind in (0, 1)]  # [1,Hkv,KV,D], contiguous
-                if len(slabs) != len(self._names[0]) - 3:
-                    raise BundleError(f"{self.path}: the manifest lists {len(self._names[0]) - 3} KV inputs for "
-                                      f"{past.shape[0]} layers; rebuild the bundle")
+                if len(slabs) != len(self._names[0]) - len(inputs):
+                    raise BundleError(f"{self.path}: the manifest lists {len(self._names[0]) - len(inputs)} KV inputs "
+                                      f"for {past.shape[0]} layers; rebuild the bundle")
                 inputs, outputs = inputs + slabs, outputs + slabs
             else:
                 inputs.append(past)
@@ -89,15 +93,15 @@ class OrtBackend(Backend):
                 bound.binding.bind_input(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
             for name, arr in zip(self._names[1], bound.outputs):
                 bound.binding.bind_output(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
-            self._bound[s] = bound
+            self._bound[key] = bound
         return bound
 
-    def forward(self, input_ids, attention_mask, position_ids, past_key_values):
+    def forward(self, input_ids, attention_mask, position_ids, past_key_values, last_only=False):
         if not past_key_values.flags.c_contiguous:
             if self.graph.cache == "inplace":  # the graph would update a copy and the cache would never see it
                 raise BoardError("an inplace-cache graph needs the KV cache as one C-contiguous array")
             past_key_values = np.ascontiguousarray(past_key_values)
-        bound = self._binding(input_ids.shape[1], past_key_values)
+        bound = self._binding(input_ids.shape[1], past_key_values, last_only)
         # the small inputs are copied into the bound arrays; the KV cache is read where it lives
         for dst, src in zip(bound.inputs[:3], (input_ids, attention_mask, position_ids)):
             np.copyto(dst, src)
