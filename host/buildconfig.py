@@ -8,14 +8,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
-from board.manifest import ACT_SCHEMES, CHAT_TEMPLATES, QUANT_SCHEMES, ActScheme, Dialect, QuantScheme
+from board.manifest import ACT_SCHEMES, CHAT_TEMPLATES, DIALECTS, QUANT_SCHEMES, ActScheme, Dialect, QuantScheme
 from host.errors import InputError
 
 Target = Literal["ort", "ascend"]
 KVDtype = Literal["fp32", "fp16"]
-TARGETS: dict[Target, Dialect] = {"ort": "nbits8", "ascend": "s8s8"}  # target -> W8A8 graph dialect (host/quantize.py)
+TARGETS: dict[Target, Dialect] = {"ort": "nbits8", "ascend": "s8s8"}  # target -> default W8A8 graph dialect (host/quantize.py)
 # onnxruntime's MatMulNBits (nbits8) quantizes activations itself, at run time: static scales need u8u8
 STATIC_DIALECTS: dict[Target, Dialect] = {"ort": "u8u8", "ascend": "s8s8"}
+# what each target can run: u8u8 (MatMulInteger) prefills ~2x faster than nbits8 on x86 without VNNI,
+# at a cost in quality (README, Measured); ATC parses only plain operators (s8s8)
+TARGET_DIALECTS: dict[Target, tuple] = {"ort": ("nbits8", "u8u8"), "ascend": ("s8s8",)}
 KV_DTYPES: tuple = get_args(KVDtype)
 # What each target computes activations in unless --compute says otherwise: the NPU runs fp16 on
 # its AI Cores (fp32 ops fall back to the AI CPU). Its opset is the lowest that expresses the graph.
@@ -40,6 +43,7 @@ class BuildConfig:
     prefill_chunks: tuple = (1, 16, 64)  # normalized: sorted, unique, always with 1
     dtype: KVDtype = "fp32"  # dtype of the KV cache tensors (past/present); compute stays float32
     target: Target = "ort"
+    dialect: Dialect | None = None  # None: TARGETS[target], or STATIC_DIALECTS[target] with act_scheme "static"
     compute: KVDtype | None = None  # activations, norms, attention; None: DEFAULT_COMPUTE[target]
     opset: int | None = None  # ai.onnx opset; None: 17 for ort, the lowest that expresses the graph for ascend
     calib_samples: int = 16
@@ -55,6 +59,7 @@ class BuildConfig:
             (self.quant in QUANT_SCHEMES, f"--quant {self.quant!r}: use one of {', '.join(QUANT_SCHEMES)}"),
             (self.act_scheme in ACT_SCHEMES, f"--act-scheme {self.act_scheme!r}: use one of {', '.join(ACT_SCHEMES)}"),
             (self.target in TARGETS, f"--target {self.target!r}: use one of {', '.join(TARGETS)}"),
+            (self.dialect in (None, *DIALECTS), f"--dialect {self.dialect!r}: use one of {', '.join(DIALECTS)}"),
             (self.dtype in KV_DTYPES, f"--dtype {self.dtype!r}: use one of {', '.join(KV_DTYPES)}"),
             (self.compute in (None, *KV_DTYPES), f"--compute {self.compute!r}: use one of {', '.join(KV_DTYPES)}"),
             (self.opset is None or MIN_OPSET <= self.opset <= MAX_OPSET,
@@ -81,10 +86,12 @@ class BuildConfig:
         object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "compute", self.compute or DEFAULT_COMPUTE.get(self.target, "fp32"))
         object.__setattr__(self, "opset", self.opset or (MIN_OPSET if self.target == "ascend" else OPSET))
-
-    @property
-    def dialect(self) -> Dialect:
-        return (STATIC_DIALECTS if self.act_scheme == "static" else TARGETS)[self.target]
+        dialect = self.dialect or (STATIC_DIALECTS if self.act_scheme == "static" else TARGETS)[self.target]
+        if dialect not in TARGET_DIALECTS[self.target]:
+            raise InputError(f"--dialect {dialect}: --target {self.target} runs {' or '.join(TARGET_DIALECTS[self.target])}")
+        if dialect == "nbits8" and self.act_scheme == "static":
+            raise InputError("--dialect nbits8 quantizes activations at run time; use --dialect u8u8 with --act-scheme static")
+        object.__setattr__(self, "dialect", dialect)
 
     @property
     def smooth_alpha(self) -> float | None:

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -202,6 +203,17 @@ def test_cli_builds_a_bundle_and_prints_a_json_summary(hf_dir, capsys):
     assert manifest.model["name"] == "tiny-llama" and manifest.graph.kv_len == 32
     assert (manifest.quantization.smooth_alpha, manifest.quantization.activations) == (0.5, "int8_per_tensor_static")
     assert "build: export" in captured.err
+
+
+def test_cli_dialect_u8u8_writes_matmulinteger_with_per_token_activations(hf_dir, capsys):
+    out = hf_dir / "out-u8u8"
+    rc = main(cli("--model", str(hf_dir / "tiny-llama"), "--calib", str(hf_dir / "calib.txt"), "--quant", "w8a8",
+                  "--dialect", "u8u8", "--out", str(out)))
+    assert rc == 0 and json.loads(capsys.readouterr().out.strip().splitlines()[-1])["dialect"] == "u8u8"
+    manifest = load_manifest(out)
+    assert manifest.quantization.activations == "int8_per_token_dynamic"
+    ops = {n.op_type for n in onnx.load(str(out / manifest.graph.onnx)).graph.node}
+    assert "MatMulInteger" in ops and "MatMulNBits" not in ops
 
 
 def test_cli_takes_the_chat_template_from_the_tokenizer_config_unless_told(hf_dir, tmp_path, capsys):

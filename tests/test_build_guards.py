@@ -93,6 +93,12 @@ def test_build_config_is_frozen_and_checked_once_with_the_fix(tmp_path):
     config = BuildConfig(model="m", out=str(tmp_path), prefill_chunks=[64, 16])
     assert config.prefill_chunks == (1, 16, 64) and config.out == tmp_path and config.dialect == "nbits8"
     assert BuildConfig(model="m", out=str(tmp_path), act_scheme="static").dialect == "u8u8"
+    assert BuildConfig(model="m", out=tmp_path, dialect="u8u8").dialect == "u8u8"
+    assert BuildConfig(model="m", out=tmp_path, target="ascend").dialect == "s8s8"
+    with pytest.raises(InputError, match="--dialect nbits8: --target ascend runs s8s8"):
+        BuildConfig(model="m", out=tmp_path, target="ascend", dialect="nbits8")
+    with pytest.raises(InputError, match="--dialect nbits8 quantizes activations at run time; use --dialect u8u8"):
+        BuildConfig(model="m", out=tmp_path, act_scheme="static", dialect="nbits8")
     with pytest.raises(FrozenInstanceError):
         config.kv_len = 3
     with pytest.raises(InputError, match="--eval-tokens 0: give at least 8"):
