@@ -14,6 +14,7 @@ QUANT     ?= w8a8
 SMOOTH    ?=
 KV_LEN    ?= 256
 TARGET    ?= ort
+DIALECT   ?=
 BUNDLE    ?= bundles/model
 SOC       ?= Ascend310B1
 BOARD     ?=
@@ -45,7 +46,8 @@ model: setup
 
 build: setup $(if $(filter $(SMOLLM2),$(MODEL)),model,)
 	$(VPY) -m host build --model $(MODEL) $(if $(TOKENIZER),--tokenizer $(TOKENIZER),) --calib $(CALIB) \
-	    --quant $(QUANT) $(SMOOTH_OPT) --kv-len $(KV_LEN) --target $(TARGET) --out $(BUNDLE)
+	    --quant $(QUANT) $(SMOOTH_OPT) --kv-len $(KV_LEN) --target $(TARGET) \
+	    $(if $(DIALECT),--dialect $(DIALECT),) --out $(BUNDLE)
 
 om: setup
 	$(VPY) -m host compile --bundle $(BUNDLE) --soc $(SOC) --runner $(RUNNER) $(BOARD_OPT)
