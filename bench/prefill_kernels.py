@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from host.nbits import block_for
+from profile_decode import time_steps  # the sibling script's timing loop (run as python bench/prefill_kernels.py)
 
 
 def kernel_graph(kernel: str, m: int, k: int, n: int, rng: np.random.Generator):
@@ -53,14 +53,7 @@ def time_kernel(kernel: str, m: int, k: int, n: int, threads: int, steps: int) -
     opts.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     feeds = {"a": rng.integers(1, 256, (m, k)).astype(dtype) if dtype == np.uint8 else rng.standard_normal((m, k), dtype=dtype)}
-    for _ in range(3):
-        session.run(None, feeds)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - t0)
-    return min(times) * 1000
+    return min(time_steps(lambda: session.run(None, feeds), steps)) * 1000
 
 
 def main() -> None:

@@ -13,12 +13,13 @@ from host.errors import InputError
 
 Target = Literal["ort", "ascend"]
 KVDtype = Literal["fp32", "fp16"]
-TARGETS: dict[Target, Dialect] = {"ort": "nbits8", "ascend": "s8s8"}  # target -> default W8A8 graph dialect (host/quantize.py)
+# the W8A8 graph dialects each target runs (host/quantize.py), its default first: u8u8 (MatMulInteger)
+# prefills ~2x faster than nbits8 on x86 without VNNI, at a cost in quality (README, Measured); ATC
+# parses only plain operators (s8s8)
+TARGET_DIALECTS: dict[Target, tuple] = {"ort": ("nbits8", "u8u8"), "ascend": ("s8s8",)}
+TARGETS: dict[Target, Dialect] = {target: dialects[0] for target, dialects in TARGET_DIALECTS.items()}
 # onnxruntime's MatMulNBits (nbits8) quantizes activations itself, at run time: static scales need u8u8
 STATIC_DIALECTS: dict[Target, Dialect] = {"ort": "u8u8", "ascend": "s8s8"}
-# what each target can run: u8u8 (MatMulInteger) prefills ~2x faster than nbits8 on x86 without VNNI,
-# at a cost in quality (README, Measured); ATC parses only plain operators (s8s8)
-TARGET_DIALECTS: dict[Target, tuple] = {"ort": ("nbits8", "u8u8"), "ascend": ("s8s8",)}
 KV_DTYPES: tuple = get_args(KVDtype)
 # What each target computes activations in unless --compute says otherwise: the NPU runs fp16 on
 # its AI Cores (fp32 ops fall back to the AI CPU). Its opset is the lowest that expresses the graph.
