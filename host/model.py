@@ -73,9 +73,11 @@ class RMSNorm(nn.Module):
             return rms_norm(x, self.weight, self.eps)
         # fp16: x^2 overflows above |x| = 256, which residual streams reach. Scale each row by its
         # max |x| first (exact: x * rsqrt(mean(x^2) + eps) == y * rsqrt(mean(y^2) + eps / m^2), y = x / m).
-        m = x.abs().amax(-1, keepdim=True).clamp(min=FP16_NORM_FLOOR)
+        # Max, not a one-sided Clip (some ATC parsers need both Clip bounds), and y * y, not Pow: onnxruntime
+        # 1.23-1.25 fail to load this graph when SimplifiedLayerNormFusion matches Pow under fp16.
+        m = torch.maximum(x.abs().amax(-1, keepdim=True), x.new_tensor(FP16_NORM_FLOOR))
         y = x / m
-        return self.weight.to(x.dtype) * (y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps / m / m))
+        return self.weight.to(x.dtype) * (y * torch.rsqrt((y * y).mean(-1, keepdim=True) + self.eps / m / m))
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.eps}"

@@ -44,7 +44,8 @@ def quantize_weight_per_channel_absmax(w: torch.Tensor) -> tuple[torch.Tensor, t
 
 def activation_scale_per_token_absmax(x: torch.Tensor) -> torch.Tensor:
     """Scale [..., 1] of each token (row over the last dim): max|x_token| / 127."""
-    return torch.clamp(x.abs().amax(dim=-1, keepdim=True) / QMAX, min=EPS)
+    # Max, not clamp(min=): a one-sided Clip is what some ATC releases cannot parse (host/ascend/opcheck.py).
+    return torch.maximum(x.abs().amax(dim=-1, keepdim=True) / QMAX, x.new_tensor(EPS))
 
 
 def quantize_activation(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

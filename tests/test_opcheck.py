@@ -65,6 +65,18 @@ def test_unknown_op_and_foreign_domain_are_unsupported(tmp_path):
     assert "Mish" in report.summary() and not report.ok
 
 
+def test_a_clip_without_both_bounds_is_unsupported_with_the_fix(tmp_path):
+    floor = helper.make_node("Constant", [], ["floor"], value=helper.make_tensor("f", onnx.TensorProto.FLOAT, [], [1e-4]))
+    one_sided = [floor, helper.make_node("Clip", ["logits", "floor"], ["clipped"], name="norm_floor")]
+    report = check_model(tiny_llm_onnx(tmp_path / "m.onnx", extra_nodes=one_sided))
+    clip = _status(report, "Clip")
+    assert not report.ok and clip.status == UNSUPPORTED
+    assert clip.note == ("node norm_floor: Clip without a max bound; export Max/Min with a constant "
+                         "(torch.maximum/minimum) or both bounds, then rebuild")
+    both = [floor, helper.make_node("Clip", ["logits", "floor", "floor"], ["clipped"])]
+    assert check_model(tiny_llm_onnx(tmp_path / "ok.onnx", extra_nodes=both)).ok
+
+
 def test_opset_outside_the_documented_range_is_a_problem(tmp_path):
     report = check_model(tiny_llm_onnx(tmp_path / "m.onnx", dialect="fp", opset=19))
     assert not report.ok
@@ -107,6 +119,9 @@ def test_real_s8s8_export_passes_with_only_matmulinteger_needing_the_plugin(real
     assert [u.op_type for u in report.needs_plugin] == ["MatMulInteger"]
     assert _status(report, "MatMulInteger").count == 9  # 2 layers x 4 matmuls (fused q/k/v, o, fused gate/up, down) + lm_head
     assert {"Gather", "Softmax", "MatMul", "ReduceMean"} <= {u.op_type for u in report.ops if u.status == SUPPORTED}
+    # fp16 RMSNorm and activation scales floor with Max (report.ok: every Clip has both bounds) and square
+    # with Mul: no Pow for onnxruntime 1.23-1.25's SimplifiedLayerNormFusion to break on
+    assert {"Max", "Clip"} <= {u.op_type for u in report.ops} and "Pow" not in {u.op_type for u in report.ops}
 
 
 def test_real_nbits8_export_is_rejected_naming_the_contrib_domain(real_bundles):

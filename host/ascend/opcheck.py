@@ -139,6 +139,16 @@ def _matmulinteger_problem(model: onnx.ModelProto, node: onnx.NodeProto, base_di
     return None
 
 
+def _clip_problem(node) -> str | None:
+    """A Clip without both bounds: some ATC releases' Clip parsers need both, or cast a missing one to fp32."""
+    bounds = list(node.input[1:3]) + [""] * (3 - len(node.input))
+    missing = [side for side, name in zip(("min", "max"), bounds) if not name]
+    if missing and not any(a.name in ("min", "max") for a in node.attribute):  # opset < 11 keeps them as attributes
+        return (f"node {node.name or node.output[0]}: Clip without a {' or '.join(missing)} bound; "
+                "export Max/Min with a constant (torch.maximum/minimum) or both bounds, then rebuild")
+    return None
+
+
 def check_model(path: Path, table: OpTable | None = None) -> OpReport:
     """List every (domain, op type) of the ONNX file with its ATC status."""
     path = Path(path)
@@ -170,10 +180,17 @@ def check_model(path: Path, table: OpTable | None = None) -> OpReport:
     counts = Counter((n.domain, n.op_type) for n in iter_nodes(model.graph))
     notes: dict[tuple, str] = {}
     for node in iter_nodes(model.graph):
-        if node.op_type == "MatMulInteger" and node.domain in DEFAULT_DOMAINS and (node.domain, node.op_type) not in notes:
+        key = (node.domain, node.op_type)
+        if node.domain not in DEFAULT_DOMAINS or key in notes:
+            continue
+        if node.op_type == "MatMulInteger":
             problem = _matmulinteger_problem(model, node, path.parent)
-            if problem:
-                notes[(node.domain, node.op_type)] = problem
+        elif node.op_type == "Clip":
+            problem = _clip_problem(node)
+        else:
+            continue
+        if problem:
+            notes[key] = problem
     for (domain, op_type), count in sorted(counts.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         op_opset = opsets.get(domain, opset if domain in DEFAULT_DOMAINS else None)
         status, note = _status(table, domain, op_type, op_opset)

@@ -30,12 +30,14 @@ def tiny_llm_onnx(
     inits = [
         numpy_helper.from_array(rng.standard_normal((vocab, hidden)).astype(np.float32), "embed"),
         numpy_helper.from_array(np.array(0.05, np.float32), "x_scale"),
+        numpy_helper.from_array(np.array(-127, np.float32), "q_min"),
+        numpy_helper.from_array(np.array(127, np.float32), "q_max"),
     ]
     nodes = [
         helper.make_node("Gather", ["embed", "input_ids"], ["h"], name="embed_tokens"),
         helper.make_node("Div", ["h", "x_scale"], ["h_div"]),
         helper.make_node("Round", ["h_div"], ["h_round"]),
-        helper.make_node("Clip", ["h_round"], ["h_clip"]),
+        helper.make_node("Clip", ["h_round", "q_min", "q_max"], ["h_clip"]),
     ]
     w = rng.integers(-127, 128, size=(hidden, vocab))
     if dialect == "fp":
