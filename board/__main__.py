@@ -180,7 +180,22 @@ def _run_verify(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"ok: {args.bundle} ({len(manifest.files)} files match their sha256)")
-    return _check_om_cann(manifest)
+    return _check_onnxruntime(args.bundle, manifest) or _check_om_cann(manifest)
+
+
+def _check_onnxruntime(bundle: Path, manifest) -> int:
+    """The graph's onnxruntime requirement against this machine's onnxruntime (board/ortneeds.py), when both are known."""
+    from board.ortneeds import installed_onnxruntime, onnxruntime_shortfall
+
+    graph, installed = manifest.graph, installed_onnxruntime()
+    if graph.min_onnxruntime is None or installed is None:
+        return 0
+    shortfall = onnxruntime_shortfall(graph.min_onnxruntime, graph.onnxruntime_ops, installed, sys.version_info)
+    if shortfall:
+        print(f"error: {bundle / graph.onnx}: {shortfall}", file=sys.stderr)
+        return 1
+    print(f"ok: onnxruntime {installed} runs the graph (needs >= {graph.min_onnxruntime})")
+    return 0
 
 
 def _check_om_cann(manifest) -> int:

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from board.ortneeds import version_tuple
+
 # Version 1: first layout (DESIGN.md §2-§3): logits for every new position, KV [L,2,1,Hkv,KV,D].
 # 2: the model's Jinja chat template and stop ids (chat_template.jinja/.source/.special_tokens, tokens.stop_ids);
 # a board that knows only 1 would render the built-in rules instead, so it must refuse, not guess.
@@ -25,8 +27,14 @@ from typing import Any, Literal, get_args
 # Also graph.max_positions: a board reading 3 would feed positions past the graph's rotary tables.
 # 5: graph.logits "index" (the inplace graph): an input logits_index [N] names the chunk rows that get
 # logits, so a prefill computes lm_head for its last row only; a board reading 4 would not bind it.
-FORMAT_VERSION = 5
-SUPPORTED_FORMAT_VERSIONS = (1, 2, 3, 4, 5)  # older versions load with the new fields at their defaults
+# 6: graph.min_onnxruntime and graph.onnxruntime_ops, the lowest onnxruntime release that runs the graph and
+# each operator form in it (board/ortneeds.py, derived from the written ONNX): the board refuses before
+# loading, naming the op, the upgrade and the rebuild, where onnxruntime 1.19.2 (the newest for Python 3.9)
+# said only "Only 4b quantization is supported for MatMulNBits". A board reading 5 refuses a 6 bundle
+# (format_version; its Graph has no such fields), so it never loads a graph it cannot check; versions 1-5
+# load with both unset: requirement unknown, not checked.
+FORMAT_VERSION = 6
+SUPPORTED_FORMAT_VERSIONS = (1, 2, 3, 4, 5, 6)  # older versions load with the new fields at their defaults
 MANIFEST_NAME = "manifest.json"
 
 
@@ -71,6 +79,8 @@ class Graph:
     compute_dtype: str = "float32"  # activations, norms and attention ("float16": the Ascend default)
     cache: str = "slots"  # "slots": DESIGN.md §3; "inplace": one past/present buffer per layer, a prefix (host/gqa.py)
     max_positions: int | None = None  # positions the graph rotates when fewer than the model's (capped rotary tables)
+    min_onnxruntime: str | None = None  # lowest onnxruntime release that runs the graph; None: unknown (format < 6)
+    onnxruntime_ops: dict = field(default_factory=dict)  # operator form in the graph -> lowest release that runs it
 
 
 CACHE_LAYOUTS = ("slots", "inplace")
@@ -231,6 +241,9 @@ def _check_ranges(m: Manifest, where: str) -> None:
         (all(isinstance(s, str) for s in m.tokens.stop_strings), "tokens.stop_strings must be strings"),
         (all(type(i) is int and 0 <= i < a.vocab_size for i in m.tokens.stop_ids), "tokens.stop_ids outside the vocabulary"),
         (all(e.size >= 0 and _SHA256.fullmatch(e.sha256) for e in m.files.values()), "files need a size >= 0 and a hex sha256"),
+        ((g.min_onnxruntime is None or version_tuple(g.min_onnxruntime)) and all(
+            isinstance(v, str) and version_tuple(v) for v in g.onnxruntime_ops.values()),
+         "graph.min_onnxruntime and graph.onnxruntime_ops need release versions such as \"1.22.0\""),
     ]
     for ok, message in checks:
         if not ok:

@@ -45,6 +45,8 @@ class Payload:
                 "om": manifest.graph.om,
                 "om_soc": manifest.graph.om_soc,
                 "om_cann": manifest.graph.om_cann,
+                "min_onnxruntime": manifest.graph.min_onnxruntime,
+                "onnxruntime_ops": manifest.graph.onnxruntime_ops,
                 "bytes": sum(self.size(n) for n in self.files),
                 "graph_bytes": graph_bytes(manifest),
             },

@@ -11,6 +11,7 @@ import errno
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 
+from board.ortneeds import onnxruntime_shortfall
 from deploy import board_cli
 from deploy.errors import BoardRefused, DeployError, Interrupted
 from deploy.interrupts import Interrupts
@@ -46,6 +47,20 @@ def switched(release_id: str, previous: str | None) -> str:
 def _modules(remote: Remote) -> list:
     """What the board's python must import to run a release with the board's backend."""
     return ["numpy", "tokenizers", "acl" if remote.board.backend == "acl" else "onnxruntime"]
+
+
+def check_onnxruntime(remote: Remote, manifest) -> None:
+    """DeployError before anything is sent when the board's onnxruntime is older than the bundle's graph needs
+    (board/ortneeds.py). Not for an acl board given a compiled .om: pyACL runs that, not onnxruntime."""
+    graph = manifest.graph
+    if graph.min_onnxruntime is None or (remote.board.backend == "acl" and graph.om):
+        return
+    found = remote.onboard("imports", runtime=True, modules=["onnxruntime"])
+    installed = found.get("versions", {}).get("onnxruntime")  # not importable: the board's check says so later
+    shortfall = onnxruntime_shortfall(graph.min_onnxruntime, graph.onnxruntime_ops, installed, found["python"])
+    if shortfall:
+        raise DeployError(remote.board.name, f"the bundle's graph needs {shortfall.needs}, the board has "
+                                             f"{shortfall.have}; nothing uploaded, current unchanged", shortfall.fix)
 
 
 def _reusable(index: dict, root: str, skip: set) -> dict:
@@ -90,6 +105,7 @@ class _Deploy:
         remote, payload = self.remote, self.payload
         index = remote.onboard("index", root=remote.root)
         self.current = index["current"]
+        check_onnxruntime(remote, payload.manifest)
         if payload.release_id in {r["id"] for r in index["releases"]}:
             done = self.redeploy()
             if done:

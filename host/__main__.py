@@ -55,6 +55,9 @@ def _add_build(sub) -> None:
                         "integer matmuls are the same either way")
     p.add_argument("--opset", type=int,
                    help="ai.onnx opset (default: 11, the lowest that expresses the graph, for --target ascend; 17 for ort)")
+    p.add_argument("--onnxruntime", metavar="VERSION",
+                   help="the board's onnxruntime, e.g. 1.19.2: use only operators it runs (below 1.22: the u8u8 "
+                        "dialect and the slots cache; board/ortneeds.py); default: the newest graph")
     p.add_argument("--calib-samples", type=int, default=16, help="calibration chunks (default 16)")
     p.add_argument("--calib-seq-len", type=int, default=128, help="tokens per calibration/perplexity chunk (default 128)")
     p.add_argument("--eval-tokens", type=int, default=512, help="held-out tokens for perplexity (default 512)")
@@ -90,7 +93,7 @@ def _run_build(args) -> int:
         model=args.model, out=args.out, calib=args.calib, tokenizer=args.tokenizer, quant=args.quant,
         smooth=_smooth_option(args.smooth), act_scheme=args.act_scheme, kv_len=args.kv_len, prefill_chunks=chunks,
         dtype=args.dtype, target=args.target, dialect=args.dialect, compute=args.compute, opset=args.opset, calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len,
-        eval_tokens=args.eval_tokens, chat_template=args.chat_template, name=args.name,
+        eval_tokens=args.eval_tokens, chat_template=args.chat_template, name=args.name, onnxruntime=args.onnxruntime,
     )
     result = build(config)
     verification = result.report["verification"]

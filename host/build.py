@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from board.manifest import ACTIVATIONS, CHAT_TEMPLATES, NBITS_ACTIVATIONS, Manifest, Quantization, Tokens
+from board.manifest import ACTIVATIONS, CHAT_TEMPLATES, NBITS_ACTIVATIONS, Graph, Manifest, Quantization, Tokens
+from board.ortneeds import INPLACE_CACHE_OPS, runs, version_tuple
 from host.buildconfig import BuildConfig
 from host.bundle import REPORT_NAME, TOKENIZER_NAME, check_out, staging, write_bundle_manifest
 from host.calibrate import collect_inputs, split_text, summarize
@@ -26,6 +27,7 @@ from host.export import export_onnx, graph_record
 from host.gqa import InplaceCacheGraph, gqa_fits
 from host.limits import check_sizes
 from host.model import EdgeLlama
+from host.ortneeds import min_release, onnxruntime_needs
 from host.quantize import quantize_model, quantized_layer_count
 from host.quality import quality_section, summary_line
 from host.recipe import ALPHAS, SEARCH_ROWS, row_names, search_alphas
@@ -83,6 +85,16 @@ def read_text(path: Path | None) -> str:
     if not text.strip():
         raise InputError(f"--calib {path}: the file is empty; give real text (e.g. a few KB of the model's domain)")
     return text
+
+
+def with_onnxruntime_needs(graph: Graph, onnx_path: Path, oldest: str | None) -> Graph:
+    """`graph` with what the written ONNX needs from onnxruntime; BuildError when that is newer than --onnxruntime."""
+    needs = onnxruntime_needs(onnx_path)
+    least = min_release(needs)
+    if oldest and version_tuple(least) > version_tuple(oldest):
+        late = ", ".join(form for form, v in needs.items() if version_tuple(v) > version_tuple(oldest))
+        raise BuildError(f"the graph needs onnxruntime >= {least} ({late}), newer than --onnxruntime {oldest}")
+    return replace(graph, min_onnxruntime=least, onnxruntime_ops=needs)
 
 
 def quantization_record(config: BuildConfig, graph_model) -> Quantization:
@@ -146,7 +158,8 @@ def build_from_model(hf_model, tok, text: str, config: BuildConfig, info: dict, 
     exported_model = graph_model  # what the bundle's graph computes; graph_model stays its PyTorch twin
     if config.target == "ort":  # contrib operators are onnxruntime's; ATC parses plain ONNX only
         graph_model.use_contrib_rope()
-        if gqa_fits(graph_model.arch.head_dim, kv_dtype, compute):
+        old_ort = config.onnxruntime and not all(runs(config.onnxruntime, form) for form in INPLACE_CACHE_OPS)
+        if gqa_fits(graph_model.arch.head_dim, kv_dtype, compute) and not old_ort:
             exported_model = InplaceCacheGraph(graph_model)
 
     template = config.chat_template or getattr(tok, "chat_template", None) or "none"
@@ -155,7 +168,9 @@ def build_from_model(hf_model, tok, text: str, config: BuildConfig, info: dict, 
         with stage("export", timings):
             exported = export_onnx(exported_model, stage_dir, config.kv_len, opset=config.opset)
         tok.tokenizer.save(str(stage_dir / TOKENIZER_NAME))
-        graph = graph_record(exported_model, config.kv_len, config.prefill_chunks, exported, str(compute).split(".")[-1])
+        graph = with_onnxruntime_needs(
+            graph_record(exported_model, config.kv_len, config.prefill_chunks, exported, str(compute).split(".")[-1]),
+            stage_dir / exported.files[0], config.onnxruntime)
         with stage("verify", timings, f"onnxruntime vs PyTorch; perplexity on {len(split.heldout)} held-out windows"):
             verification = verify_graph(stage_dir, graph, graph_model, reference, split.heldout, config.quant)
         check_perplexity(verification["perplexity"], reference.arch.vocab_size)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from board.manifest import ACT_SCHEMES, CHAT_TEMPLATES, DIALECTS, QUANT_SCHEMES, ActScheme, Dialect, QuantScheme
+from board.ortneeds import DIALECT_OPS, OP_MIN_ORT, ORT_TARGET_OPS, runs, version_tuple
 from host.errors import InputError
 
 Target = Literal["ort", "ascend"]
@@ -52,6 +53,9 @@ class BuildConfig:
     eval_tokens: int = 512  # held-out tokens (tail of --calib) for perplexity
     chat_template: str | None = None  # None: detected from the tokenizer's config
     name: str | None = None
+    # the oldest onnxruntime the graph must run on ("1.19.2"): only operators it runs (board/ortneeds.py),
+    # so no MatMulNBits(bits=8) and no GroupQueryAttention cache below 1.22; None: the newest graph
+    onnxruntime: str | None = None
 
     def __post_init__(self):
         from host.export import MAX_OPSET, MIN_OPSET, OPSET  # the exporter's range (torch: imported only here)
@@ -87,12 +91,32 @@ class BuildConfig:
         object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "compute", self.compute or DEFAULT_COMPUTE.get(self.target, "fp32"))
         object.__setattr__(self, "opset", self.opset or (MIN_OPSET if self.target == "ascend" else OPSET))
+        self._check_onnxruntime()
         dialect = self.dialect or (STATIC_DIALECTS if self.act_scheme == "static" else TARGETS)[self.target]
+        fits = [d for d in TARGET_DIALECTS[self.target] if not self.onnxruntime or runs(self.onnxruntime, DIALECT_OPS[d])]
+        if self.dialect is None and fits and dialect not in fits:  # --onnxruntime too old for the default
+            dialect = fits[0]
         if dialect not in TARGET_DIALECTS[self.target]:
             raise InputError(f"--dialect {dialect}: --target {self.target} runs {' or '.join(TARGET_DIALECTS[self.target])}")
         if dialect == "nbits8" and self.act_scheme == "static":
             raise InputError("--dialect nbits8 quantizes activations at run time; use --dialect u8u8 with --act-scheme static")
+        if self.quant == "w8a8" and dialect not in fits:
+            raise InputError(f"--dialect {dialect} needs onnxruntime >= {OP_MIN_ORT[DIALECT_OPS[dialect]]} "
+                             f"({DIALECT_OPS[dialect]}); --onnxruntime {self.onnxruntime} runs "
+                             + (" or ".join(f"--dialect {d}" for d in fits) or "no W8A8 dialect of this target"))
         object.__setattr__(self, "dialect", dialect)
+
+    def _check_onnxruntime(self) -> None:
+        """InputError when --onnxruntime is no release, or one older than any onnxruntime-target graph needs."""
+        if self.onnxruntime is None:
+            return
+        if not version_tuple(self.onnxruntime):
+            raise InputError(f"--onnxruntime {self.onnxruntime!r}: give the board's onnxruntime release, e.g. 1.19.2")
+        late = [f for f in ORT_TARGET_OPS if not runs(self.onnxruntime, f)] if self.target == "ort" else []
+        if late:
+            raise InputError(f"--onnxruntime {self.onnxruntime}: every --target ort graph needs onnxruntime >= "
+                             f"{max((OP_MIN_ORT[f] for f in late), key=version_tuple)} ({', '.join(late)}); "
+                             "upgrade the board's onnxruntime")
 
     @property
     def smooth_alpha(self) -> float | None:

@@ -50,7 +50,7 @@ def test_tiny_bundle_is_complete_and_checksummed(tiny_bundle):
     assert (a.num_layers, a.num_heads, a.num_kv_heads, a.head_dim, a.vocab_size) == (2, 4, 2, 16, 320)
     assert (g.kv_len, g.kv_dtype, g.prefill_chunks, g.logits, g.opset) == (64, "float32", [1, 8, 16], "index", 17)
     # head_dim 16 suits onnxruntime's GroupQueryAttention: one KV buffer per layer and kind, updated in place
-    assert g.cache == "inplace" and manifest.format_version == 5
+    assert g.cache == "inplace" and manifest.format_version == 6
     assert [t.name for t in g.inputs] == ["input_ids", "attention_mask", "position_ids", "logits_index",
                                           "past_key_values.0.key", "past_key_values.0.value", "past_key_values.1.key",
                                           "past_key_values.1.value"]

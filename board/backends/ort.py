@@ -5,6 +5,7 @@ present, so GroupQueryAttention writes the new keys/values straight into the boa
 from __future__ import annotations
 
 import ctypes
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import onnxruntime as ort
 from board.backends.base import Backend, io_names
 from board.errors import BoardError
 from board.manifest import BundleError, Graph
+from board.ortneeds import onnxruntime_shortfall
 
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
@@ -34,12 +36,20 @@ def keep_load_memory_returnable() -> None:
         pass
 
 
+def check_onnxruntime(onnx_path: Path, graph: Graph) -> None:
+    """BundleError saying what to do when this onnxruntime is older than the graph needs (board/ortneeds.py)."""
+    shortfall = onnxruntime_shortfall(graph.min_onnxruntime, graph.onnxruntime_ops, ort.__version__, sys.version_info)
+    if shortfall:
+        raise BundleError(f"{onnx_path}: {shortfall}")
+
+
 class OrtBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, onnx_path: Path, graph: Graph, vocab_size: int, threads: int | None = None, spin: bool = True,
                  tune=None, disabled_optimizers: list | None = None):
         """`tune(options)` may change the SessionOptions last (bench/profile_decode.py compares them)."""
+        check_onnxruntime(onnx_path, graph)  # before onnxruntime sees the graph: its own errors do not say what to do
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
