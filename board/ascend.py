@@ -153,12 +153,26 @@ def toolkit_version(env: dict | None = None) -> dict:
 
 
 def version_key(version: str) -> tuple:
-    """Sortable key: 7.0.RC1 < 7.0.0 < 8.0.RC1.alpha003 < 8.0.RC1 < 8.0.RC2 < 8.0.0 < 8.1.RC1."""
+    """Sortable key: 7.0.RC1 < 7.0.0 < 8.0.RC1.alpha003 < 8.0.RC1 = 8.0.RC1.beta1 < 8.0.RC2 < 8.0.0 < 8.1.RC1.
+
+    A betaN is the release it names (Ascend ships betas of a release to boards as that release)."""
     key = []
     for part in version.split("."):
         rc, alpha, num = re.fullmatch(r"RC(\d+)", part, re.I), re.fullmatch(r"alpha(\d+)", part, re.I), part.isdigit()
+        if re.fullmatch(r"beta\d*", part, re.I):
+            continue
         key.append(int(part) if num else int(rc.group(1)) - 1000 if rc else int(alpha.group(1)) - 10**6 if alpha else -10**7)
     return tuple(key + [0] * (4 - len(key)))
+
+
+# What each CANN release asks of the Python that imports pyACL (its installation guide's dependency
+# list): (first release the row applies to, lowest Python, highest Python, numpy). A board's CANN
+# uses the last row at or below its version; releases before the first row are not checked.
+CANN_PYTHON = (
+    ("8.0.RC1", (3, 7), (3, 10), "<1.25"),  # the guides write "<=1.24": any 1.24.x
+    ("8.0.0", (3, 7), (3, 11), "<1.25"),
+    ("8.5.RC1", (3, 7), (3, 11), "<2"),
+)
 
 
 def cann_mismatch(om_cann: str | None, board_cann: str | None) -> str | None:

@@ -1,7 +1,8 @@
 """`fab setup`: make a board ready to run bundles, idempotently (the lab manual's step 1).
 
-Steps: install path; board/requirements.txt (and uploaded wheels, for offline boards) into a
-venv under the install path unless the board's python already has the pinned versions;
+Steps: install path; the board's requirement set (board/requirements.txt, or requirements-acl.txt
+for backend acl, read for the board's Python; from uploaded wheels on offline boards) into a venv
+under the install path unless the board's python already has those versions;
 `<path>/env.sh` sourcing CANN's set_env.sh when present (every remote command sources it);
 with --with-plugin, the custom op plugin built from docker/plugin/ on the board. Each step
 first looks, and only acts when something differs, so a second run changes nothing.
@@ -13,14 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from board.manifest import sha256_file
-from deploy.boardenv import REQUIREMENTS, cann_candidates, env_script, pins, plugin_dir
+from deploy.boardenv import RequirementSet, cann_candidates, download_command, env_script, plugin_dir, requirement_set
 from deploy.errors import DeployError
 from deploy.progress import Progress
 from deploy.remote import Remote
 
 PLUGIN_SOURCE = Path(__file__).resolve().parents[1] / "docker" / "plugin"
-WHEELS_HINT = ("pip download --only-binary=:all: --platform manylinux2014_aarch64 --python-version 3.X "
-               "-r board/requirements.txt -d wheels/  (3.X: the board's python)")
 
 
 @dataclass(frozen=True)
@@ -42,22 +41,24 @@ def _upload_changed(remote: Remote, files: dict, dest: str, progress: Progress) 
     return todo
 
 
-def _python_deps(remote: Remote, wheels: Path | None, system_site: bool, progress: Progress) -> list:
-    """Pinned requirements importable by board code: venv + pip only when they are not already."""
-    steps, root, want = [], remote.root, pins()
+def _python_deps(remote: Remote, rset: RequirementSet, glibc: str | None, wheels: Path | None, system_site: bool,
+                 progress: Progress) -> list:
+    """The board's requirement set importable by board code: venv + pip only when it is not already."""
+    steps, root, want = [], remote.root, rset.pins
+    recipe = download_command(rset, glibc)
     if wheels:
         found = {p.name: p for p in sorted(Path(wheels).glob("*.whl"))}
         if not found:
-            raise DeployError(remote.board.name, f"no *.whl files in {wheels}", f"fill it with: {WHEELS_HINT}")
+            raise DeployError(remote.board.name, f"no *.whl files in {wheels}", f"fill it with: {recipe}")
         remote.onboard("mkdirs", dirs=[f"{root}/wheels"])
         sent = _upload_changed(remote, found, f"{root}/wheels", progress)
         steps.append(Step("wheels", bool(sent), f"{len(sent)} of {len(found)} wheel(s) uploaded to {root}/wheels"))
-    sent = _upload_changed(remote, {"requirements.txt": REQUIREMENTS}, root, progress)
-    steps.append(Step("requirements", bool(sent), f"{root}/requirements.txt " + ("uploaded" if sent else "up to date")))
+    sent = _upload_changed(remote, {"requirements.txt": rset.lock}, root, progress)
+    steps.append(Step("requirements", bool(sent), f"{root}/requirements.txt "
+                      + ("uploaded" if sent else "up to date") + f" ({rset.name})"))
     installed = remote.onboard("pins", runtime=True, pins=sorted(want))
     if all(installed["installed"][n] == v for n, v in want.items()):
-        steps.append(Step("python deps", False, f"{', '.join(f'{n}=={v}' for n, v in sorted(want.items()))} "
-                                                f"already in {installed['executable']}"))
+        steps.append(Step("python deps", False, f"{rset.summary()} already in {installed['executable']}"))
         return steps
     venv = f"{root}/venv"
     if remote.run(["test", "-x", f"{venv}/bin/python"], env=False).exited != 0:
@@ -71,9 +72,10 @@ def _python_deps(remote: Remote, wheels: Path | None, system_site: bool, progres
     pip = remote.python(["-m", "pip", "install", "--disable-pip-version-check", "-q", *offline,
                          "-r", f"{root}/requirements.txt"])
     if pip.exited != 0:
-        fix = "check the wheels match the board's python and arch" if wheels else f"offline board? pass --wheels DIR ({WHEELS_HINT})"
+        fix = (f"the wheels must be for {rset.name}: {recipe}" if wheels
+               else f"offline board? pass --wheels DIR, filled with: {recipe}")
         raise DeployError(remote.board.name, f"pip install in {venv} failed ({pip.last_line()})", fix)
-    steps.append(Step("python deps", True, f"installed {', '.join(f'{n}=={v}' for n, v in sorted(want.items()))} into {venv}"
+    steps.append(Step("python deps", True, f"installed {rset.summary()} into {venv}"
                                            + (" from uploaded wheels" if wheels else "")))
     return steps
 
@@ -107,6 +109,7 @@ def setup(remote: Remote, wheels: Path | None = None, with_plugin: bool = False,
     made = remote.onboard("mkdirs", dirs=[root, f"{root}/releases"])["made"]
     steps = [Step("install path", bool(made), f"{root} " + ("created" if made else "exists"))]
     probe = remote.onboard("probe", root=root, modules=[], cann_candidates=cann_candidates(remote.board))
+    rset = board_requirements(remote, probe)  # before installing anything: a board no set fits is refused
     cann = probe["cann_scripts"][0] if probe["cann_scripts"] else None
     plugin = None
     if with_plugin:
@@ -117,8 +120,16 @@ def setup(remote: Remote, wheels: Path | None = None, with_plugin: bool = False,
     changed = remote.onboard("write_text", path=f"{root}/env.sh", text=env_script(cann, plugin))["changed"]
     steps.append(Step("env.sh", changed, f"{root}/env.sh " + ("written" if changed else "up to date") +
                       (f" (sources {cann})" if cann else " (no CANN found: nothing to source)")))
-    steps += _python_deps(remote, wheels, system_site, progress)
+    steps += _python_deps(remote, rset, probe.get("glibc"), wheels, system_site, progress)
     return steps
+
+
+def board_requirements(remote: Remote, probe: dict) -> RequirementSet:
+    """The requirement set for the probed board (its backend, Python and machine); DeployError when none fits."""
+    try:
+        return requirement_set(remote.board.backend, probe["python"], probe["machine"])
+    except ValueError as e:
+        raise DeployError(remote.board.name, str(e)) from None
 
 
 def setup_lines(board: str, steps: list) -> list:

@@ -13,13 +13,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from board import ascend
-from deploy.boardenv import cann_candidates, pins
+from board.ortneeds import OP_MIN_ORT, ORT_TARGET_OPS, onnxruntime_shortfall, recommended_options
+from deploy.boardenv import PYTHONS, cann_candidates, cann_fit, download_command, requirement_set
 from deploy.errors import DeployError
 from deploy.inventory import Board
 from deploy.remote import Remote
 from deploy.text import human_bytes, shown
 
-MIN_PYTHON = (3, 10)  # pyproject.toml's requires-python
+MIN_PYTHON = PYTHONS[0]  # the oldest the requirement sets cover: pyproject.toml's requires-python
 ASCEND_SOURCE = Path(ascend.__file__).read_text()  # run on the board, prints its Ascend facts
 MODULES = ("numpy", "tokenizers", "onnxruntime", "acl")
 SETUP = "fab setup --board {board}"
@@ -43,27 +44,53 @@ class Needs:
     on_board: bool  # already deployed there: no disk needed
     om_soc: str | None = None  # chip the bundle's .om was compiled for
     om_cann: str | None = None  # CANN version the bundle's .om was compiled with
+    min_onnxruntime: str | None = None  # lowest onnxruntime that runs the graph (None: unknown, format < 6)
+    onnxruntime_ops: dict | None = None  # operator form -> lowest onnxruntime release that runs it
 
 
-def _modules(board: Board, probe: dict) -> list:
+def _modules(board: Board, probe: dict, rset) -> list:
+    pinned = rset.pins if rset else {}
     required = {"numpy", "tokenizers", "onnxruntime" if board.backend == "onnxruntime" else "acl"}
-    pinned, checks = pins(), []
+    checks = []
     for name in MODULES:
         found = probe["modules"][name]
         label = "pyACL (acl)" if name == "acl" else name
         if found["ok"]:
             version = (f"{label} " if name == "acl" else "") + (found.get("version") or "version unknown")
             if name in pinned and found.get("version") and found["version"] != pinned[name]:
-                checks.append(Check(name, "warn", f"{version} (board/requirements.txt pins {pinned[name]})",
+                checks.append(Check(name, "warn", f"{version} ({rset.name} pins {pinned[name]})",
                                     SETUP.format(board=board.name)))
             else:
                 checks.append(Check(name, "ok", version))
         elif name in required:
-            fix = ("install CANN (pyACL comes with it) and make sure set_env.sh is sourced" if name == "acl"
-                   else SETUP.format(board=board.name))
+            fix = SETUP.format(board=board.name)
+            if name == "acl" and "numpy" not in found["error"].lower():
+                fix = "install CANN (pyACL comes with it) and make sure set_env.sh is sourced"
+            elif name == "acl":  # a pyACL built against numpy 1 under numpy 2: the acl set pins numpy < 2
+                fix = f"pyACL needs numpy < 2: {fix} installs board/requirements-acl.txt's numpy"
             checks.append(Check(name, "fail", f"{label} not importable ({found['error']})", fix))
         else:
             checks.append(Check(name, "absent", f"{label} not importable; not needed for backend {board.backend}"))
+    return checks
+
+
+def _requirements(board: Board, probe: dict, facts: dict, rset, problem: str | None) -> list:
+    """Which requirement set fits the board, whether it is installed, and whether it fits the board's CANN."""
+    if rset is None:
+        return [Check("packages", "fail", problem)]
+    versions = {n: probe["modules"].get(n, {}).get("version") for n in rset.pins}
+    stale = [n for n, v in rset.pins.items() if n in probe["modules"] and versions[n] != v]
+    checks = [Check("packages", "warn" if stale else "ok", f"{rset.name}: {rset.summary()}"
+                    + (f" (differs: {', '.join(stale)})" if stale else " installed"),
+                    f"{SETUP.format(board=board.name)} (offline: --wheels DIR, filled with: "
+                    f"{download_command(rset, probe.get('glibc'))})" if stale else "")]
+    ok, detail = cann_fit(facts["cann"]["version"], probe["python"], versions.get("numpy"))
+    if ok is None:
+        checks.append(Check("cann-python", "absent" if board.backend != "acl" else "skip", detail))
+    else:
+        fix = "" if ok else ("use a Python and numpy in that range for pyACL (board/requirements-acl.txt pins them; "
+                             "conda can provide the Python), or a CANN release that accepts these")
+        checks.append(Check("cann-python", "ok" if ok else ("fail" if board.backend == "acl" else "warn"), detail, fix))
     return checks
 
 
@@ -122,18 +149,40 @@ def _memory_and_disk(board: Board, probe: dict, needs: Needs | None, root: str) 
     return checks
 
 
+def _onnxruntime(board: Board, probe: dict, needs: Needs | None) -> Check:
+    """Whether the board's onnxruntime runs the bundle's graph (board/ortneeds.py), and which build it runs."""
+    found = probe["modules"].get("onnxruntime", {})
+    installed = found.get("version") if found.get("ok") else None
+    if installed is None:
+        return Check("graph-ort", "skip", "onnxruntime not importable: nothing to compare the graph's requirement with")
+    best = recommended_options(installed)
+    runs = f"onnxruntime {installed} runs `python -m host build ... {best}`" if best else \
+        f"onnxruntime {installed} runs no --target ort graph (the oldest such needs {OP_MIN_ORT[ORT_TARGET_OPS[0]]})"
+    if needs is None or needs.min_onnxruntime is None:
+        why = "no bundle to compare with (pass --bundle DIR, or deploy one)" if needs is None else \
+            f"{needs.what} records no onnxruntime requirement (built before manifest format 6)"
+        return Check("graph-ort", "skip", f"{runs}; {why}")
+    if board.backend == "acl" and needs.graph_bytes.get("om"):
+        return Check("graph-ort", "skip", f"backend acl runs the .om of {needs.what}, not its onnx graph; {runs}")
+    shortfall = onnxruntime_shortfall(needs.min_onnxruntime, needs.onnxruntime_ops or {}, installed, probe["python"])
+    if shortfall:
+        return Check("graph-ort", "fail", f"{needs.what} needs {shortfall.needs}, the board has {shortfall.have}",
+                     shortfall.fix)
+    return Check("graph-ort", "ok", f"onnxruntime {installed} runs {needs.what} (needs >= {needs.min_onnxruntime})")
+
+
 def _needs(probe: dict, bundle) -> Needs | None:
     """From a local bundle (deploy.release.Payload) or else the board's current release."""
     if bundle is not None:
         record = bundle.record()["bundle"]
         on_board = bundle.release_id in {r["id"] for r in probe["releases"]}
         return Needs(f"bundle {bundle.manifest.model.get('name')}", record["bytes"], record["graph_bytes"], on_board,
-                     record.get("om_soc"), record.get("om_cann"))
+                     record.get("om_soc"), record.get("om_cann"), record.get("min_onnxruntime"), record.get("onnxruntime_ops"))
     for release in probe["releases"]:
         if release["id"] == probe["current"]:
             facts = release.get("bundle") or {}
             return Needs(f"release {release['id']}", facts.get("bytes", 0), facts.get("graph_bytes") or {}, True,
-                         facts.get("om_soc"), facts.get("om_cann"))
+                         facts.get("om_soc"), facts.get("om_cann"), facts.get("min_onnxruntime"), facts.get("onnxruntime_ops"))
     return None
 
 
@@ -154,6 +203,10 @@ def examine(remote: Remote, bundle=None) -> list:
     needs = _needs(probe, bundle)
     facts = _ascend_facts(remote)
     py = ".".join(map(str, probe["python"]))
+    try:
+        rset, problem = requirement_set(board.backend, probe["python"], probe["machine"]), None
+    except ValueError as e:
+        rset, problem = None, str(e)
     return [
         Check("ssh", "ok", f"reachable at {board.host}:{board.port} as {board.user}"),
         Check("arch", "ok", arch) if arch == "aarch64" else
@@ -161,10 +214,12 @@ def examine(remote: Remote, bundle=None) -> list:
         Check("python", "ok", f"{py} ({probe['executable']})") if tuple(probe["python"]) >= MIN_PYTHON else
         Check("python", "fail", f"{py} ({probe['executable']}) is older than {'.'.join(map(str, MIN_PYTHON))}",
               "install a newer python3 and set 'python' in the inventory"),
-        *_modules(board, probe),
+        *_modules(board, probe, rset),
+        *_requirements(board, probe, facts, rset, problem),
         _cann(board, probe, remote.root),
         *_ascend(board, probe, needs, facts),
         *_memory_and_disk(board, probe, needs, remote.root),
+        _onnxruntime(board, probe, needs),
     ]
 
 

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import importlib.metadata as md
 import io
+import platform
 import subprocess
 import sys
 import zipfile
@@ -21,6 +22,7 @@ from tests.support.sshd import fab, write_inventory
 pytestmark = pytest.mark.ssh
 BASE_PYTHON = getattr(sys, "_base_executable", sys.executable)
 PINS = "jinja2==3.1.6, numpy==2.4.6, onnxruntime==1.32.0, tokenizers==0.23.3"
+GLIBC_MINOR = int(platform.libc_ver()[1].split(".")[1])
 
 
 def snapshot(root: Path) -> dict:
@@ -36,11 +38,11 @@ def test_setup_prepares_a_bare_directory_and_a_second_run_changes_nothing(sshd, 
     assert r.stdout.splitlines() == [
         f"testboard: changed install path {board} created",
         f"testboard: changed env.sh       {board}/env.sh written (no CANN found: nothing to source)",
-        f"testboard: changed requirements {board}/requirements.txt uploaded",
+        f"testboard: changed requirements {board}/requirements.txt uploaded (board/locks/onnxruntime-py3.11.txt for x86_64)",
         f"testboard: ok      python deps  {PINS} already in {sys.executable}",
         "testboard: setup done, 3 change(s)",
     ]
-    assert (board / "requirements.txt").read_bytes() == (ROOT / "board/requirements.txt").read_bytes()
+    assert (board / "requirements.txt").read_bytes() == (ROOT / "board/locks/onnxruntime-py3.11.txt").read_bytes()
     before = snapshot(board)
     r = fab(inventory, "setup")
     assert r.returncode == 0 and r.stdout.splitlines()[-1] == "testboard: setup done, nothing to change"
@@ -62,7 +64,11 @@ def test_an_empty_wheels_directory_is_named(sshd, tmp_path):
     (tmp_path / "wheels").mkdir()
     inventory = write_inventory(tmp_path / "inv.yml", sshd.board(tmp_path / "board", python=BASE_PYTHON))
     r = fab(inventory, "setup", "--wheels", str(tmp_path / "wheels"))
-    assert r.returncode == 1 and r.stderr.strip().startswith(f"testboard: no *.whl files in {tmp_path / 'wheels'}; fill it with: pip download")
+    platforms = " ".join(f"--platform manylinux_2_{m}_x86_64" for m in range(17, GLIBC_MINOR + 1))
+    assert r.returncode == 1 and r.stderr.strip() == (
+        f"testboard: no *.whl files in {tmp_path / 'wheels'}; fill it with: pip download --no-deps --only-binary=:all: "
+        f"--python-version {sys.version_info[0]}.{sys.version_info[1]} {platforms} -r board/locks/onnxruntime-py3.11.txt "
+        "-r board/locks/serve-py3.11.txt -d wheels/")
     assert not (tmp_path / "board" / "venv").exists()
 
 
@@ -101,6 +107,32 @@ def _repack(dist: md.Distribution, out: Path) -> Path:
         rows.writerow([f"{info}/RECORD", "", ""])
         whl.writestr(f"{info}/RECORD", record.getvalue())
     return path
+
+
+def pyenv_python(version: str) -> Path:
+    """pyenv's interpreter of this version, or a skip naming it."""
+    r = subprocess.run(["pyenv", "prefix", version], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"pyenv has no Python {version}: `pyenv install {version}` to play a Python {version} board")
+    return Path(r.stdout.strip()) / "bin" / "python3"
+
+
+def test_setup_on_an_ubuntu_22_04_python_installs_the_numpy_1_set_and_the_board_runs(sshd, tmp_path, tiny_bundle):
+    """Python 3.10, as Ubuntu 22.04 on the Orange Pi has it: the set with numpy 1.24 and onnxruntime 1.23.2."""
+    board = tmp_path / "board"
+    inventory = write_inventory(tmp_path / "inv.yml", sshd.board(board, python=str(pyenv_python("3.10.13"))))
+    r = fab(inventory, "setup", timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert (f"testboard: changed requirements {board}/requirements.txt uploaded "
+            "(board/locks/onnxruntime-py3.10.txt for x86_64)") in r.stdout.splitlines()
+    assert (f"testboard: changed python deps  installed jinja2==3.1.6, numpy==1.24.4, onnxruntime==1.23.2, "
+            f"tokenizers==0.23.3 into {board}/venv") in r.stdout.splitlines(), r.stdout
+    doctor = fab(inventory, "doctor", "--bundle", str(tiny_bundle))
+    assert doctor.returncode == 0, doctor.stdout
+    assert "testboard: ok     python      3.10.13" in doctor.stdout
+    assert fab(inventory, "deploy", "--bundle", str(tiny_bundle)).returncode == 0
+    r = fab(inventory, "generate", "--prompt", "once upon a time", "--max-new-tokens", "8", "--greedy")
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 
 from board.backends.base import Backend
 from board.bundle import Bundle
@@ -15,13 +16,28 @@ CANN_HINT = (
 )
 
 
-def acl_importable() -> bool:
-    """True when pyACL imports (it needs CANN's libraries on the path, not just the module)."""
+def acl_import_error() -> str | None:
+    """None when pyACL imports; else why not, with the fix: CANN_HINT when there is no `acl` module,
+    the module's own error when there is one that fails (a wrong numpy, CANN libraries off the path)."""
     try:
         importlib.import_module("acl")
-    except ImportError:
-        return False
-    return True
+    except ModuleNotFoundError as e:
+        if e.name == "acl":
+            return CANN_HINT
+        error = e
+    except Exception as e:  # noqa: BLE001 - a pyACL built for numpy 1 may fail with any error under numpy 2
+        error = e
+    else:
+        return None
+    text = f"{type(error).__name__}: {error}"
+    if "numpy" in text.lower() or "_ARRAY_API" in text:
+        fix = ("pyACL is built against numpy 1: install numpy<2 in the board's python (`fab setup` installs "
+               "board/requirements-acl.txt on boards with backend acl)")
+    elif ".so" in text:
+        fix = "CANN's libraries are not on the library path: source set_env.sh first (`fab setup` writes env.sh for it)"
+    else:
+        fix = "check the CANN installation (its set_env.sh, and the Python it supports)"
+    return f"pyACL (python module `acl`) is installed but does not import ({text}): {fix}"
 
 
 def choose_backend(bundle: Bundle, requested: str = "auto") -> str:
@@ -35,11 +51,16 @@ def choose_backend(bundle: Bundle, requested: str = "auto") -> str:
                 f"{bundle.path}: no compiled model.om in this bundle; compile it with "
                 f"`python -m host compile --bundle {bundle.path}` or use --backend onnxruntime"
             )
-        if not acl_importable():
-            raise BoardError(CANN_HINT)
+        problem = acl_import_error()
+        if problem:
+            raise BoardError(problem)
         return "acl"
-    if requested == "auto" and om and bundle.file(om).is_file() and acl_importable():
-        return "acl"
+    if requested == "auto" and om and bundle.file(om).is_file():
+        problem = acl_import_error()
+        if problem is None:
+            return "acl"
+        if problem != CANN_HINT:  # a pyACL that is there but broken is worth a word before the CPU takes over
+            print(f"--backend auto: {problem}; running on onnxruntime (CPU) instead", file=sys.stderr)
     return "onnxruntime"
 
 

@@ -77,12 +77,12 @@ class AclBackend(Backend):
         if graph.cache != "slots":
             raise BundleError(f"{om_path}: graph.cache {graph.cache!r} is onnxruntime's GroupQueryAttention layout; "
                               "the NPU runs the DESIGN.md §3 graph: rebuild with --target ascend")
-        try:
-            import acl  # noqa: PLC0415 - lazily: only boards with CANN have it
-        except ImportError:
-            from board.backends import CANN_HINT
+        from board.backends import acl_import_error
 
-            raise BoardError(CANN_HINT) from None
+        problem = acl_import_error()  # the module's own error, not a generic "install CANN"
+        if problem:
+            raise BoardError(problem)
+        import acl  # noqa: PLC0415 - lazily: only boards with CANN have it
         self.acl, self.graph, self.device_id = acl, graph, device_id
         self._closed = False
         self._context = self._model_id = self._desc = None

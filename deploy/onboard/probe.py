@@ -26,6 +26,7 @@ def op_probe(args):
     return {
         "machine": platform.machine(),
         "python": list(sys.version_info[:3]),
+        "glibc": platform.libc_ver()[1] or None,  # picks the manylinux wheels a board can install
         "executable": sys.executable,
         "modules": {m: _module(m) for m in args["modules"]},
         "cann_scripts": [p for p in candidates if os.path.isfile(p)],
@@ -39,13 +40,16 @@ def op_probe(args):
 
 
 def op_imports(args):
-    """Which of the modules the board code needs do not import, and why (run as board code runs)."""
-    failed = {}
+    """Which of the modules the board code needs do not import, and why; the versions of those that do, and
+    the python's (run as board code runs)."""
+    failed, versions = {}, {}
     for name in args["modules"]:
         found = _module(name)
-        if not found["ok"]:
+        if found["ok"]:
+            versions[name] = found["version"]
+        else:
             failed[name] = found["error"]
-    return {"failed": failed, "executable": sys.executable}
+    return {"failed": failed, "versions": versions, "python": list(sys.version_info[:3]), "executable": sys.executable}
 
 
 def op_pins(args):
