@@ -6,39 +6,29 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.paths import STORIES_BIN, STORIES_TOK, TINYSTORIES_TEXT, need
+from tests.support.prebuilt import fixture_bundle
 
 
 # --- bundles (owner: host pipeline) ---------------------------------------------------------
 # Complete bundles of a tiny random Llama, built once per test session by the real host
-# pipeline (tests/support/bundles.py). Treat them as read-only; copy one before modifying it.
+# pipeline (tests/support/bundles.py), or prebuilt (tests/support/prebuilt.py) for a venv
+# without torch. Treat them as read-only; copy one before modifying it.
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory) -> Path:
     """fp32 bundle: 2 layers, hidden 64, GQA 4/2 heads, vocab 320, KV 64, prefill chunks [1, 8, 16]."""
-    from tests.support.bundles import build_test_bundle
-
-    return build_test_bundle(tmp_path_factory.mktemp("bundles") / "tiny", quant="none")
+    return fixture_bundle("tiny", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def tiny_w8a8_bundle(tmp_path_factory) -> Path:
     """The same model as `tiny_bundle`, W8A8 (nbits8 dialect: MatMulNBits, activations per block of 32)."""
-    from tests.support.bundles import build_test_bundle
-
-    return build_test_bundle(tmp_path_factory.mktemp("bundles") / "tiny-w8a8", quant="w8a8")
+    return fixture_bundle("tiny-w8a8", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def stories_bundles(tmp_path_factory) -> dict:
     """The real stories260K model (../shared) built by the host pipeline: {"none": fp32, "w8a8": W8A8} bundles."""
-    from host.build import BuildConfig, build
-
-    root = tmp_path_factory.mktemp("stories")
-    return {
-        quant: build(BuildConfig(model=str(need(STORIES_BIN)), tokenizer=str(need(STORIES_TOK)),
-                                 calib=need(TINYSTORIES_TEXT), quant=quant, kv_len=256, out=root / quant)).path
-        for quant in ("none", "w8a8")
-    }
+    return {quant: fixture_bundle(f"stories-{quant}", tmp_path_factory) for quant in ("none", "w8a8")}
 
 
 @pytest.fixture(scope="session")
@@ -87,6 +77,4 @@ def fake_atc_env(tmp_path, monkeypatch):
 def slow_bundle(tmp_path_factory) -> Path:
     """A random fp32 Llama that decodes at milliseconds per token (serve tests act mid-stream): 4 layers,
     hidden 512, vocab 320, ChatML, KV 256, 4096 positions."""
-    from tests.support.serve import build_slow_bundle
-
-    return build_slow_bundle(tmp_path_factory.mktemp("bundles") / "slow")
+    return fixture_bundle("slow", tmp_path_factory)

@@ -96,16 +96,16 @@ def start_server(bundle: Path, log: Path, *options: str, api_key: str | None = N
     raise AssertionError(f"server not healthy after 120 s: {log.read_text()}")
 
 
-def build_slow_bundle(out: Path) -> Path:
+def build_slow_bundle(out: Path, **options) -> Path:
     """A random Llama big enough that decoding takes milliseconds per token (4 layers, hidden 512,
-    ChatML, KV 256), so a test can act while an answer is still streaming."""
+    ChatML, KV 256), so a test can act while an answer is still streaming. `options` go to BuildConfig."""
     import torch
 
     from host.build import BuildConfig, build_from_model
     from tests.support.bundles import make_model, make_tokenizer_bundle, sample_text
 
     config = BuildConfig(model="slow-random-llama", out=out, quant="none", kv_len=256, calib_samples=2,
-                         calib_seq_len=16, eval_tokens=32, prefill_chunks=[1, 16], chat_template="chatml")
+                         calib_seq_len=16, eval_tokens=32, prefill_chunks=[1, 16], chat_template="chatml", **options)
     model = make_model(vocab=320, layers=4, hidden=512, heads=8, kv_heads=4, intermediate=1536,
                        max_position_embeddings=4096)
     tok = make_tokenizer_bundle(320, "chatml")
