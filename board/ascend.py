@@ -198,18 +198,21 @@ def chip_verdict(found: dict, inventory_soc: str | None, om_soc: str | None, om_
     chip, by = found["chip"], found["source"]
     if not chip:
         return "warn", f"{by} names no 310B chip", "check the board model"
-    if chip == FAMILY:  # newer npu-smi: the family without its variant digit
-        if inventory_soc:
-            return "ok", f"{chip} ({by} names no variant; the inventory says {inventory_soc}, {board_model(inventory_soc)})", ""
-        return "warn", f"{chip}: {by} does not say which variant ({soc_hint()})",             "set soc: in the inventory to the board's model (20T: Ascend310B1, 8T: Ascend310B4)"
-    model = board_model(chip)
-    if inventory_soc and inventory_soc != chip:
-        return "warn", f"{chip} ({model}) but the inventory says soc {inventory_soc}",             f"set soc: {chip} in the inventory and compile the bundle with --soc {chip}"
+    if chip == FAMILY:  # newer npu-smi: the family without its variant digit; the inventory's soc names it
+        if not inventory_soc:
+            return "warn", f"{chip}: {by} does not say which variant ({soc_hint()})", \
+                "set soc: in the inventory to the board's model (20T: Ascend310B1, 8T: Ascend310B4)"
+        chip, seen = inventory_soc, f"{chip} ({by} names no variant; the inventory says {inventory_soc}, {board_model(inventory_soc)})"
+    else:
+        seen = f"{chip} ({board_model(chip)})"
+        if inventory_soc and inventory_soc != chip:
+            return "warn", f"{seen} but the inventory says soc {inventory_soc}", \
+                f"set soc: {chip} in the inventory and compile the bundle with --soc {chip}"
     if om_soc and om_soc != chip:
         return ("fail" if backend == "acl" else "warn",
-                f"{chip} ({model}) but {om_what}'s model.om was compiled for {om_soc} ({board_model(om_soc)}): it will not load",
+                f"{seen} but {om_what}'s model.om was compiled for {om_soc} ({board_model(om_soc)}): it will not load",
                 f"recompile: python -m host compile --bundle DIR --soc {chip}")
-    return "ok", f"{chip} ({model})", ""
+    return "ok", seen, ""
 
 
 def plugin_verdict(found: dict, has_cann: bool, fix: str) -> tuple:

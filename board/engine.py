@@ -38,6 +38,9 @@ class Engine:
         self.max_positions = graph.max_positions or arch.max_position_embeddings
         self.cache = KVCache.allocate(shape, graph.kv_dtype, sink, buffer=backend.kv_buffer(shape, graph.kv_dtype),
                                       compact=graph.cache == "inplace")
+        # the graph's view of the cache: [2L,Hkv,KV,D] since format 7 (ATC's rank limit), [L,2,1,Hkv,KV,D] before
+        spec = next((t for t in graph.inputs if t.name == "past_key_values"), None)
+        self._graph_kv = tuple(spec.shape) if spec is not None and len(spec.shape) != len(shape) else None
         self.fed: list[int] = []  # ids fed since the last reset, evicted ones included
 
     @property
@@ -92,7 +95,10 @@ class Engine:
         slots = cache.reserve(len(chunk))
         mask, positions = cache.step_inputs(len(chunk))
         input_ids = np.asarray(chunk, dtype=np.int64)[None, :]
-        logits, present = self.backend.forward(input_ids, mask, positions, cache.kv, last_only=last_only)
+        past = cache.kv if self._graph_kv is None else cache.kv.reshape(self._graph_kv)  # a view: no copy
+        logits, present = self.backend.forward(input_ids, mask, positions, past, last_only=last_only)
+        if present is not None and self._graph_kv is not None:
+            present = present.reshape(cache.kv.shape[:4] + (len(chunk),) + cache.kv.shape[5:])
         cache.commit(slots, present)
         self.fed.extend(chunk)
         return logits

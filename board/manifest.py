@@ -33,8 +33,12 @@ from board.ortneeds import version_tuple
 # said only "Only 4b quantization is supported for MatMulNBits". A board reading 5 refuses a 6 bundle
 # (format_version; its Graph has no such fields), so it never loads a graph it cannot check; versions 1-5
 # load with both unset: requirement unknown, not checked.
-FORMAT_VERSION = 6
-SUPPORTED_FORMAT_VERSIONS = (1, 2, 3, 4, 5, 6)  # older versions load with the new fields at their defaults
+# 7: the slots graph's past_key_values / present_key_values are rank 4, [2L,Hkv,KV,D] / [2L,Hkv,S,D] (item
+# 2i: layer i's keys, 2i+1: its values), because ATC takes ND inputs of rank <= 4 with --dynamic_dims. The
+# board's cache stays [L,2,1,Hkv,KV,D] (the same bytes) and is reshaped to the graph's input shape; a board
+# reading 6 would feed a rank-6 cache. Versions 1-6 (rank 6) still load: the shape comes from graph.inputs.
+FORMAT_VERSION = 7
+SUPPORTED_FORMAT_VERSIONS = (1, 2, 3, 4, 5, 6, 7)  # older versions load with the new fields at their defaults
 MANIFEST_NAME = "manifest.json"
 
 

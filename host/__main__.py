@@ -43,7 +43,7 @@ def _add_build(sub) -> None:
                    help="activation scales per token at run time (default) or per tensor from calibration")
     p.add_argument("--kv-len", type=int, default=256, help="fixed number of KV cache slots (default 256)")
     p.add_argument("--prefill-chunks", default="1,16,64", help="comma-separated prefill chunk lengths (default 1,16,64)")
-    p.add_argument("--dtype", choices=KV_DTYPES, default="fp32", help="KV cache dtype (default fp32)")
+    p.add_argument("--dtype", choices=KV_DTYPES, help="KV cache dtype (default: the compute dtype, fp16 for --target ascend)")
     p.add_argument("--target", choices=tuple(TARGETS), default="ort",
                    help="ort: onnxruntime CPU; ascend: the NPU (a graph ATC parses)")
     p.add_argument("--dialect", choices=DIALECTS,

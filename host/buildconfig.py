@@ -43,7 +43,9 @@ class BuildConfig:
     act_scheme: ActScheme = "dynamic"
     kv_len: int = 256
     prefill_chunks: tuple = (1, 16, 64)  # normalized: sorted, unique, always with 1
-    dtype: KVDtype = "fp32"  # dtype of the KV cache tensors (past/present); compute stays float32
+    # dtype of the KV cache tensors (past/present); None: the compute dtype (fp16 for ascend: the NPU
+    # would otherwise gather and cast the whole cache every step, and hold twice its bytes)
+    dtype: KVDtype | None = None
     target: Target = "ort"
     dialect: Dialect | None = None  # None: TARGETS[target], or STATIC_DIALECTS[target] with act_scheme "static"
     compute: KVDtype | None = None  # activations, norms, attention; None: DEFAULT_COMPUTE[target]
@@ -65,7 +67,7 @@ class BuildConfig:
             (self.act_scheme in ACT_SCHEMES, f"--act-scheme {self.act_scheme!r}: use one of {', '.join(ACT_SCHEMES)}"),
             (self.target in TARGETS, f"--target {self.target!r}: use one of {', '.join(TARGETS)}"),
             (self.dialect in (None, *DIALECTS), f"--dialect {self.dialect!r}: use one of {', '.join(DIALECTS)}"),
-            (self.dtype in KV_DTYPES, f"--dtype {self.dtype!r}: use one of {', '.join(KV_DTYPES)}"),
+            (self.dtype in (None, *KV_DTYPES), f"--dtype {self.dtype!r}: use one of {', '.join(KV_DTYPES)}"),
             (self.compute in (None, *KV_DTYPES), f"--compute {self.compute!r}: use one of {', '.join(KV_DTYPES)}"),
             (self.opset is None or MIN_OPSET <= self.opset <= MAX_OPSET,
              f"--opset {self.opset}: use {MIN_OPSET} (the lowest that expresses the graph) to {MAX_OPSET} (ATC's documented top)"),
@@ -90,6 +92,7 @@ class BuildConfig:
         object.__setattr__(self, "prefill_chunks", chunks)
         object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "compute", self.compute or DEFAULT_COMPUTE.get(self.target, "fp32"))
+        object.__setattr__(self, "dtype", self.dtype or self.compute)
         object.__setattr__(self, "opset", self.opset or (MIN_OPSET if self.target == "ascend" else OPSET))
         self._check_onnxruntime()
         dialect = self.dialect or (STATIC_DIALECTS if self.act_scheme == "static" else TARGETS)[self.target]

@@ -51,9 +51,9 @@ def graph_specs(model: EdgeLlama | InplaceCacheGraph, kv_len: int) -> tuple[list
         outputs = [TensorSpec(OUTPUT_NAMES[0], "float32", [1, "N", a.vocab_size])]
         outputs += [TensorSpec(n, kv, layer) for n in layer_names(OUTPUT_NAMES[1], a.num_layers)]
     else:
-        inputs.append(TensorSpec(INPUT_NAMES[3], kv, [a.num_layers, 2, 1, a.num_kv_heads, kv_len, a.head_dim]))
+        inputs.append(TensorSpec(INPUT_NAMES[3], kv, [2 * a.num_layers, a.num_kv_heads, kv_len, a.head_dim]))
         outputs = [TensorSpec(OUTPUT_NAMES[0], "float32", [1, "S", a.vocab_size]),
-                   TensorSpec(OUTPUT_NAMES[1], kv, [a.num_layers, 2, 1, a.num_kv_heads, "S", a.head_dim])]
+                   TensorSpec(OUTPUT_NAMES[1], kv, [2 * a.num_layers, a.num_kv_heads, "S", a.head_dim])]
     return inputs, outputs
 
 

@@ -7,8 +7,11 @@ quantization swaps (fusing q/k/v and gate/up: FUSED_PROJECTIONS). The forward pa
 fixed number of KV slots with a mask, so one graph serves prefill chunks and single-token decode:
 
     inputs   input_ids int64 [1,S], attention_mask int64 [1,KV+S], position_ids int64 [1,S],
-             past_key_values [L,2,1,Hkv,KV,D]
-    outputs  logits float32 [1,S,V], present_key_values [L,2,1,Hkv,S,D] (keys after RoPE)
+             past_key_values [2L,Hkv,KV,D] (item 2i: layer i's keys, 2i+1: its values)
+    outputs  logits float32 [1,S,V], present_key_values [2L,Hkv,S,D] (keys after RoPE)
+
+The cache is rank 4 because ATC takes ND inputs of rank <= 4 when --dynamic_dims is used; it is
+the board's [L,2,1,Hkv,KV,D] cache reshaped (a view: the same bytes).
 
 The graph is shaped for onnxruntime's CPU decode step, where every node costs ~1 us and every
 copy of the cache costs bandwidth: static shapes as Python ints, no concatenation of the cache
@@ -145,9 +148,9 @@ def attend(q, past_k, past_v, k_new, v_new, mask, rep: int):
     """
     hkv, kv_len, d = (int(n) for n in past_k.shape)  # static: Python ints keep shape arithmetic out of the graph
     q = q.view(-1, hkv, rep, d).permute(1, 2, 0, 3).reshape(hkv, -1, d)  # [Hkv,rep*S,D]
-    scale = d**-0.5
-    scores = torch.cat((torch.matmul(q, past_k.transpose(1, 2)) * scale,
-                        torch.matmul(q, k_new.transpose(1, 2)) * scale), dim=-1)  # [Hkv,rep*S,KV+S]
+    q = q * d**-0.5  # scaled before QK^T, not after: unscaled fp16 scores can overflow (65504)
+    scores = torch.cat((torch.matmul(q, past_k.transpose(1, 2)),
+                        torch.matmul(q, k_new.transpose(1, 2))), dim=-1)  # [Hkv,rep*S,KV+S]
     probs = torch.softmax(scores + mask, dim=-1)
     out = torch.matmul(probs[..., :kv_len], past_v) + torch.matmul(probs[..., kv_len:], v_new)  # [Hkv,rep*S,D]
     return out.view(hkv, rep, -1, d).permute(2, 0, 1, 3).reshape(-1, hkv * rep * d)
@@ -208,9 +211,9 @@ class EdgeLlama(nn.Module):
         yield "lm_head", self.lm_head
 
     def empty_cache(self, kv_len: int) -> torch.Tensor:
-        """Zero KV slots [L,2,1,Hkv,kv_len,D] in the graph's KV dtype."""
+        """Zero KV slots [2L,Hkv,kv_len,D] in the graph's KV dtype."""
         a = self.arch
-        return torch.zeros(a.num_layers, 2, 1, a.num_kv_heads, kv_len, a.head_dim, dtype=self.kv_dtype)
+        return torch.zeros(2 * a.num_layers, a.num_kv_heads, kv_len, a.head_dim, dtype=self.kv_dtype)
 
     def use_contrib_rope(self) -> "EdgeLlama":
         """Rotate with onnxruntime's contrib RotaryEmbedding (host/rotary.py), from tables of every position it can hold."""
@@ -254,7 +257,7 @@ class EdgeLlama(nn.Module):
         return self.lm_head(h)
 
     def forward(self, input_ids, attention_mask, position_ids, past_key_values):
-        kv_len = past_key_values.shape[4]
+        kv_len = past_key_values.shape[2]
         assert input_ids.shape[0] == 1 and attention_mask.shape[-1] == kv_len + input_ids.shape[-1], (
             f"attention_mask {tuple(attention_mask.shape)} must be [1, KV+S] for KV={kv_len}, S={input_ids.shape[-1]}"
         )
@@ -271,12 +274,11 @@ class EdgeLlama(nn.Module):
             x, k, v = block(x, rope, mask, past_k, past_v)
             presents += (k, v)
         logits = _cast(self._head(self.norm(x)), torch.float32)
-        present = torch.stack(presents).view(past_key_values.shape[:4] + (-1, self.arch.head_dim))
-        return logits, _cast(present, self.kv_dtype)
+        return logits, _cast(torch.stack(presents), self.kv_dtype)  # [2L,Hkv,S,D]
 
 
 def _cache_slabs(past: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two views of the cache [L,2,1,Hkv,KV,D] whose item 2i / 2i+1 is layer i's keys / values.
+    """Two views of the cache [2L,Hkv,KV,D] whose item 2i / 2i+1 is layer i's keys / values.
 
     Each layer takes (copies: onnxruntime has no strided views) its contiguous slabs just before
     it uses them, so they are still in cache for the attention matmuls. Keys and values come from
@@ -284,8 +286,7 @@ def _cache_slabs(past: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     into a single Split, which copies the whole cache up front (measured: ~2 ms more per token at
     22 layers x 1024 slots).
     """
-    keys = past.flatten(0, 2)  # [2L,Hkv,KV,D]
-    return keys, keys.flatten(1)  # [2L,Hkv*KV*D]
+    return past, past.flatten(1)  # [2L,Hkv,KV,D], [2L,Hkv*KV*D]
 
 
 def _cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -54,10 +54,12 @@ class TorchBackend(Backend):
         self.model = model
 
     def forward(self, input_ids, attention_mask, position_ids, past_key_values, last_only=False):
+        # the model takes [2L,Hkv,KV,D]; an Engine for an inplace graph hands it the board's [L,2,1,Hkv,KV,D]
+        shape = past_key_values.shape
+        past = torch.from_numpy(past_key_values).reshape(-1, *shape[-3:])
         with torch.no_grad():
-            logits, present = self.model(*(torch.from_numpy(a) for a in (input_ids, attention_mask, position_ids,
-                                                                         past_key_values)))
-        return logits.numpy(), present.numpy()
+            logits, present = self.model(*(torch.from_numpy(a) for a in (input_ids, attention_mask, position_ids)), past)
+        return logits.numpy(), present.numpy().reshape(shape[:-2] + present.shape[-2:])
 
 
 def engines(bundle_dir: Path, graph: Graph, models: dict) -> dict[str, Engine]:

@@ -117,6 +117,23 @@ def test_an_om_that_does_not_load_names_the_file_and_cleans_up(om_bundle, monkey
     assert fake.leaks() == []  # context destroyed, device reset, ACL finalized after the failure
 
 
+def test_a_prefill_wanting_the_last_row_copies_only_that_rows_logits(om_bundle, monkeypatch):
+    fake = FakeAcl(run_mode=ACL_HOST)
+    monkeypatch.setitem(sys.modules, "acl", fake)
+    with open_backend(om_bundle, "acl") as backend:
+        engine = Engine(backend, om_bundle.manifest.arch, om_bundle.manifest.graph)
+        ids = om_bundle.tokenizer.encode(" ".join([PROMPT] * 4), bos=True)
+        assert len(ids) >= 16 and 16 in om_bundle.manifest.graph.prefill_chunks
+        fake.d2h.clear()
+        last = engine.feed(ids)
+        row = om_bundle.manifest.arch.vocab_size * np.dtype(backend._out_dtype[0]).itemsize
+        logits_copies = fake.d2h[::2]  # each execute copies logits, then present
+        assert logits_copies and set(logits_copies) == {row}, (logits_copies, row)
+        with open_backend(om_bundle, "onnxruntime", threads=1) as ort_backend:
+            want = Engine(ort_backend, om_bundle.manifest.arch, om_bundle.manifest.graph).feed(ids)
+        np.testing.assert_allclose(last, want, rtol=1e-3, atol=1e-3)
+
+
 def test_fp16_kv_cache_in_shared_device_memory(tmp_path_factory, monkeypatch):
     bundle = open_bundle(with_fake_om("tiny-fp16", tmp_path_factory))
     assert bundle.manifest.graph.kv_dtype == "float16"

@@ -50,6 +50,11 @@ def test_chip_verdicts_for_both_driver_generations():
         "ok", "Ascend310B (npu-smi names no variant; the inventory says Ascend310B4, 8T)", "")
     verdict, detail, fix = ascend.chip_verdict(new, None, None, "", True, "acl")
     assert verdict == "warn" and "20T boards are Ascend310B1" in detail and fix.startswith("set soc:")
+    # the family alone still catches an .om for the other variant, through the inventory's soc
+    assert ascend.chip_verdict(new, "Ascend310B4", "Ascend310B1", "bundle b", True, "acl") == (
+        "fail", "Ascend310B (npu-smi names no variant; the inventory says Ascend310B4, 8T) but bundle b's model.om "
+        "was compiled for Ascend310B1 (20T): it will not load", "recompile: python -m host compile --bundle DIR --soc Ascend310B4")
+    assert ascend.chip_verdict(new, "Ascend310B1", "Ascend310B1", "bundle b", True, "acl")[0] == "ok"
 
 
 @pytest.mark.parametrize("recorded, where, version", [

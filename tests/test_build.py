@@ -50,7 +50,7 @@ def test_tiny_bundle_is_complete_and_checksummed(tiny_bundle):
     assert (a.num_layers, a.num_heads, a.num_kv_heads, a.head_dim, a.vocab_size) == (2, 4, 2, 16, 320)
     assert (g.kv_len, g.kv_dtype, g.prefill_chunks, g.logits, g.opset) == (64, "float32", [1, 8, 16], "index", 17)
     # head_dim 16 suits onnxruntime's GroupQueryAttention: one KV buffer per layer and kind, updated in place
-    assert g.cache == "inplace" and manifest.format_version == 6
+    assert g.cache == "inplace" and manifest.format_version == 7
     assert [t.name for t in g.inputs] == ["input_ids", "attention_mask", "position_ids", "logits_index",
                                           "past_key_values.0.key", "past_key_values.0.value", "past_key_values.1.key",
                                           "past_key_values.1.value"]
@@ -325,6 +325,7 @@ def test_stories260K_ascend_bundle_computes_in_fp16_within_1_percent_of_fp32(sto
 
     manifest = load_manifest(stories_ascend)
     assert (manifest.graph.compute_dtype, manifest.graph.opset, manifest.quantization.dialect) == ("float16", 11, "s8s8")
+    assert manifest.graph.kv_dtype == "float16"  # the cache defaults to the compute dtype: no cast of it per step
     proto = onnx.load(str(stories_ascend / "model.onnx"))
     assert [(o.domain, o.version) for o in proto.opset_import] == [("", 11)]  # what the exporter really emitted
     fp16_tensors = {i.name for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
@@ -346,7 +347,7 @@ def test_dry_run_of_an_fp16_ascend_bundle_names_precision_and_opset(stories_asce
 def test_compute_and_opset_options_and_their_bounds(tmp_path, capsys):
     path = build_test_bundle(tmp_path / "b", quant="w8a8", target="ascend", compute="fp32", opset=13)
     manifest = load_manifest(path)
-    assert (manifest.graph.compute_dtype, manifest.graph.opset) == ("float32", 13)
+    assert (manifest.graph.compute_dtype, manifest.graph.opset, manifest.graph.kv_dtype) == ("float32", 13, "float32")
     assert load_manifest(build_test_bundle(tmp_path / "o", quant="none")).graph.opset == 17  # onnxruntime target
     with pytest.raises(InputError, match="--opset 10: use 11 .the lowest that expresses the graph. to 18"):
         build_test_bundle(tmp_path / "x", opset=10)

@@ -11,11 +11,13 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import onnx
 import pytest
 
-from board.manifest import TensorSpec, load_manifest, write_manifest
+from board.manifest import TensorSpec, file_entries, load_manifest, write_manifest
 from board.ascend import find_plugin
 from host.__main__ import main
 from host.ascend.atc import CompileError, ToolMissing, derive_atc_command, derive_input_shapes, resolve_soc
@@ -37,7 +39,7 @@ def test_tinyllama_command_has_fixed_kv_and_one_gear_per_prefill_chunk():
         "--framework=5",
         "--output=/w/model",
         "--input_format=ND",
-        "--input_shape=input_ids:1,-1;attention_mask:1,-1;position_ids:1,-1;past_key_values:22,2,1,4,1024,64",
+        "--input_shape=input_ids:1,-1;attention_mask:1,-1;position_ids:1,-1;past_key_values:44,4,1024,64",
         "--dynamic_dims=1,1025,1;16,1040,16;64,1088,64",
         "--soc_version=Ascend310B1",
         "--precision_mode_v2=origin",
@@ -49,16 +51,16 @@ def test_tinyllama_command_has_fixed_kv_and_one_gear_per_prefill_chunk():
 
 def test_stories_shape_with_symbolic_kv_dims_and_unsorted_chunks():
     m = make_manifest(layers=5, kv_heads=4, head_dim=8, kv_len=256, chunks=[32, 1, 8])
-    m.graph.inputs[3] = TensorSpec("past_key_values", "float32", ["L", 2, 1, "Hkv", "KV", "D"])
+    m.graph.inputs[3] = TensorSpec("past_key_values", "float32", ["L", "Hkv", "KV", "D"])
     shape, dims, gears = derive_input_shapes(m)
-    assert shape == "input_ids:1,-1;attention_mask:1,-1;position_ids:1,-1;past_key_values:5,2,1,4,256,8"
+    assert shape == "input_ids:1,-1;attention_mask:1,-1;position_ids:1,-1;past_key_values:5,4,256,8"
     assert dims == "1,257,1;8,264,8;32,288,32" and gears == [1, 8, 32]
 
 
 def test_decode_only_graph_compiles_with_static_shapes():
     m = make_manifest(layers=5, kv_heads=4, head_dim=8, kv_len=256, chunks=[1])
     cmd = derive_atc_command(m, "8T", model="m.onnx", output="out")
-    assert "--input_shape=input_ids:1,1;attention_mask:1,257;position_ids:1,1;past_key_values:5,2,1,4,256,8" in cmd.argv
+    assert "--input_shape=input_ids:1,1;attention_mask:1,257;position_ids:1,1;past_key_values:10,4,256,8" in cmd.argv
     assert not any(a.startswith("--dynamic_dims") for a in cmd.argv)
     assert "--soc_version=Ascend310B4" in cmd.argv
 
@@ -169,6 +171,21 @@ def test_manifest_inputs_that_disagree_with_the_graph_fail_before_atc(tmp_path, 
     write_manifest(bundle, m)
     with pytest.raises(InputError, match="do not match the manifest"):
         compile_bundle(CompileConfig(bundle, "Ascend310B1", runner="local"))
+
+
+def test_a_rank_6_cache_from_before_format_7_is_refused_before_atc(tmp_path, fake_atc_env):
+    bundle = make_bundle(tmp_path)
+    m = load_manifest(bundle)
+    model = onnx.load(str(bundle / "model.onnx"))
+    for value in (model.graph.input[3], model.graph.output[1]):  # the old [L,2,1,Hkv,KV,D] layout
+        value.CopyFrom(onnx.helper.make_tensor_value_info(value.name, onnx.TensorProto.FLOAT, [5, 2, 1, 4, 64, 8]))
+    onnx.save(model, str(bundle / "model.onnx"))
+    m.graph.inputs[3] = TensorSpec("past_key_values", "float32", [5, 2, 1, 4, 64, 8])
+    write_manifest(bundle, replace(m, files=file_entries(bundle, ["model.onnx", "tokenizer.json"])))
+    with pytest.raises(InputError) as e:
+        compile_bundle(CompileConfig(bundle, "Ascend310B1", runner="local"))
+    assert str(e.value) == (f"{bundle / 'model.onnx'}: inputs {{'past_key_values': 6}} have rank > 4, which ATC refuses "
+                            "with --dynamic_dims (bundle format < 7); rebuild the bundle with this host")
 
 
 def test_unsupported_ops_stop_the_compile(tmp_path, fake_atc_env):
@@ -357,7 +374,7 @@ def test_unreachable_board_is_one_line_and_leaves_the_bundle(tmp_path, pi8_inven
 def test_real_ascend_bundle_compiles_through_the_stand_in_atc(tmp_path, fake_atc_env):
     bundle = build_test_bundle(tmp_path / "b", quant="w8a8", target="ascend")
     result = compile_bundle(CompileConfig(bundle, "Ascend310B1", runner="local"))
-    assert result["input_shape"] == "input_ids:1,-1;attention_mask:1,-1;position_ids:1,-1;past_key_values:2,2,1,2,64,16"
+    assert result["input_shape"] == "input_ids:1,-1;attention_mask:1,-1;position_ids:1,-1;past_key_values:4,2,64,16"
     assert result["dynamic_dims"] == "1,65,1;8,72,8;16,80,16"
     m = load_manifest(bundle)
     assert m.graph.om == "model.om" and m.files["model.om"].sha256 == result["sha256"]

@@ -24,13 +24,13 @@ def feed(model: EdgeLlama, cache: torch.Tensor, slots: list[int], ids: list[int]
 
     Below the runtime on purpose: it places K/V in arbitrary slots (which board.kvcache never
     does) to pin the graph signature's slot/mask contract itself; everything above uses board.engine."""
-    kv = cache.shape[4]
+    kv = cache.shape[2]
     mask = torch.zeros(1, kv + len(ids), dtype=torch.long)
     mask[0, filled] = 1
     mask[0, kv:] = 1
     positions = torch.arange(start, start + len(ids))[None]
     logits, present = model(torch.tensor([ids]), mask, positions, cache)
-    cache[:, :, :, :, slots] = present
+    cache[:, :, slots] = present
     return logits[0]
 
 
@@ -78,15 +78,15 @@ def test_present_holds_rotated_keys_and_values_of_new_tokens_only(hf):
     mask = torch.ones(1, 16 + 3, dtype=torch.long)
     mask[0, :16] = 0
     _, present = model(torch.tensor([IDS[:3]]), mask, torch.tensor([[0, 1, 2]]), model.empty_cache(16))
-    assert present.shape == (a.num_layers, 2, 1, a.num_kv_heads, 3, a.head_dim)
+    assert present.shape == (2 * a.num_layers, a.num_kv_heads, 3, a.head_dim)  # item 2i keys, 2i+1 values
     # values of layer 0 are v_proj(norm(embedding)), no rotation
     h = model.blocks[0].input_layernorm(model.embed_tokens(torch.tensor([IDS[:3]])))
     v = model.blocks[0].v_proj(h).view(1, 3, a.num_kv_heads, a.head_dim).transpose(1, 2)
-    torch.testing.assert_close(present[0, 1], v, atol=1e-6, rtol=0)
+    torch.testing.assert_close(present[1], v[0], atol=1e-6, rtol=0)
     # keys at position 0 are unrotated (cos 1, sin 0)
     k = model.blocks[0].k_proj(h).view(1, 3, a.num_kv_heads, a.head_dim).transpose(1, 2)
-    torch.testing.assert_close(present[0, 0, :, :, 0], k[:, :, 0], atol=1e-6, rtol=0)
-    assert not torch.allclose(present[0, 0, :, :, 2], k[:, :, 2], atol=1e-3)
+    torch.testing.assert_close(present[0, :, 0], k[0, :, 0], atol=1e-6, rtol=0)
+    assert not torch.allclose(present[0, :, 2], k[0, :, 2], atol=1e-3)
 
 
 def test_rope_theta_from_transformers5_rope_parameters_is_used():

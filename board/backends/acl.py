@@ -186,21 +186,25 @@ class AclBackend(Backend):
         ret = self.acl.rt.memcpy(buf.ptr, buf.size, arr.ctypes.data, arr.nbytes, ACL_MEMCPY_HOST_TO_DEVICE)
         check(ret, f"acl.rt.memcpy host->device ({buf.name})")
 
-    def _read(self, position: int) -> np.ndarray:
+    def _read(self, position: int, last_row: bool = False) -> np.ndarray:
+        """Output `position` of the last execute; with last_row, only the last row along axis 1
+        ([1,S,V] logits -> [1,1,V]), so a prefill chunk does not copy S x V logits to the host."""
         index = self._out_index[position]
         dims, ret = self.acl.mdl.get_cur_output_dims(self._desc, index)
         check(ret, "acl.mdl.get_cur_output_dims")
-        out = np.empty(dims["dims"], dtype=self._out_dtype[position])
+        shape = list(dims["dims"])
+        out = np.empty(shape[:1] + [1] + shape[2:] if last_row else shape, dtype=self._out_dtype[position])
+        offset = (int(np.prod(shape)) * out.itemsize - out.nbytes) if last_row else 0  # rows before the last
         buf = self._outputs[index]
         if self.shared:
-            out.reshape(-1).view(np.uint8)[:] = buf.view[: out.nbytes]
+            out.reshape(-1).view(np.uint8)[:] = buf.view[offset : offset + out.nbytes]
         else:
-            ret = self.acl.rt.memcpy(out.ctypes.data, out.nbytes, buf.ptr, out.nbytes, ACL_MEMCPY_DEVICE_TO_HOST)
+            ret = self.acl.rt.memcpy(out.ctypes.data, out.nbytes, buf.ptr + offset, out.nbytes, ACL_MEMCPY_DEVICE_TO_HOST)
             check(ret, f"acl.rt.memcpy device->host ({buf.name})")
         return out
 
     def forward(self, input_ids, attention_mask, position_ids, past_key_values, last_only=False):
-        # the Ascend graph (graph.logits "all") computes every row; the engine takes the last
+        # the Ascend graph (graph.logits "all") computes every row; with last_only only the last is copied
         self._bind_thread()
         arrays = (input_ids, attention_mask, position_ids, past_key_values)
         for index, arr in zip(self._in_index, arrays):
@@ -214,7 +218,7 @@ class AclBackend(Backend):
             )
             check(ret, f"acl.mdl.set_input_dynamic_dims (chunk of {input_ids.shape[1]} tokens; is it a compiled gear?)")
         check(self.acl.mdl.execute(self._model_id, self._in_ds, self._out_ds), "acl.mdl.execute")
-        return self._read(0), self._read(1)
+        return self._read(0, last_row=last_only), self._read(1)
 
     def close(self) -> None:
         """Free buffers and datasets, unload the model, destroy desc/context, reset the device, finalize.

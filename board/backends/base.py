@@ -39,7 +39,8 @@ class Backend(ABC):
         past_key_values: np.ndarray,
         last_only: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(logits [1,S,V] or [1,1,V], present_key_values [L,2,1,Hkv,S,D]); may reuse its buffers next call.
+        """(logits [1,S,V] or [1,1,V], present_key_values in the graph's layout with S for KV); may reuse its
+        buffers next call. past_key_values comes in the graph's input shape (graph.inputs).
 
         last_only: only the last row's logits are wanted; a graph that can skip the others
         (graph.logits "index") returns [1,1,V]. present is None when the graph wrote the new

@@ -85,7 +85,7 @@ class OrtBackend(Backend):
         bound = self._bound.get(key)
         if bound is None or bound.past_ptr != past.ctypes.data:
             rows = 1 if self.graph.logits == "last" or (index and last_only) else s
-            inputs = [np.zeros((1, s), np.int64), np.zeros((1, past.shape[4] + s), np.int64), np.zeros((1, s), np.int64)]
+            inputs = [np.zeros((1, s), np.int64), np.zeros((1, self.graph.kv_len + s), np.int64), np.zeros((1, s), np.int64)]
             if index:  # constant per binding: which chunk rows get logits
                 inputs.append(np.arange(s - rows, s, dtype=np.int64))
             outputs = [np.empty((1, rows, self.vocab_size), np.float32)]
@@ -97,7 +97,7 @@ class OrtBackend(Backend):
                 inputs, outputs = inputs + slabs, outputs + slabs
             else:
                 inputs.append(past)
-                outputs.append(np.empty(past.shape[:4] + (s,) + past.shape[5:], past.dtype))
+                outputs.append(np.empty(past.shape[:-2] + (s,) + past.shape[-1:], past.dtype))  # KV axis -> S
             bound = _Binding(binding=self.session.io_binding(), past_ptr=past.ctypes.data, inputs=inputs, outputs=outputs)
             for name, arr in zip(self._names[0], bound.inputs):
                 bound.binding.bind_input(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)

@@ -22,6 +22,7 @@ OPS_FILE = Path(__file__).parents[1] / "data" / "atc_onnx_ops.json"
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 SUPPORTED, PLUGIN, UNSUPPORTED = "supported", "plugin", "unsupported"
+MAX_ND_RANK = 4  # ATC 23.0.RC2 / 8.0.RC1-RC2: ND inputs with dynamic dims support N <= 4
 
 
 @dataclass(frozen=True)
@@ -223,3 +224,8 @@ def check_graph_inputs(onnx_path: Path, manifest: Manifest) -> None:
         raise InputError(
             f"{onnx_path}: graph inputs {actual} do not match the manifest's {expected}; rebuild the bundle"
         )
+    # the .om takes its chunk sizes as --dynamic_dims gears, and ATC's docs limit ND inputs to rank 4 then
+    too_deep = {name: rank for name, rank in actual.items() if rank > MAX_ND_RANK}
+    if too_deep:
+        raise InputError(f"{onnx_path}: inputs {too_deep} have rank > {MAX_ND_RANK}, which ATC refuses with "
+                         "--dynamic_dims (bundle format < 7); rebuild the bundle with this host")

@@ -14,7 +14,7 @@ FAKE_BIN = ROOT / "tests" / "fake_bin"  # the stand-in `atc` (TEST DOUBLE)
 
 
 def make_manifest(layers, kv_heads, head_dim, kv_len, chunks, vocab=32000, hidden=2048, heads=32) -> Manifest:
-    kv = [layers, 2, 1, kv_heads, kv_len, head_dim]
+    kv = [2 * layers, kv_heads, kv_len, head_dim]  # format 7: rank 4
     return Manifest(
         model={"name": "test", "source": "tests/test_compile.py"},
         arch=Arch(layers, heads, kv_heads, head_dim, hidden, 4 * hidden, vocab, 10000.0, 1e-5, 2048),
@@ -23,7 +23,7 @@ def make_manifest(layers, kv_heads, head_dim, kv_len, chunks, vocab=32000, hidde
             inputs=[TensorSpec("input_ids", "int64", [1, "S"]), TensorSpec("attention_mask", "int64", [1, "KV+S"]),
                     TensorSpec("position_ids", "int64", [1, "S"]), TensorSpec("past_key_values", "float32", kv)],
             outputs=[TensorSpec("logits", "float32", [1, "S", vocab]),
-                     TensorSpec("present_key_values", "float32", kv[:4] + ["S", head_dim])],
+                     TensorSpec("present_key_values", "float32", kv[:2] + ["S", head_dim])],
         ),
         quantization=Quantization(scheme="w8a8", dialect="s8s8"),
         tokens=Tokens(bos_id=1, eos_id=2, pad_id=0),

@@ -41,7 +41,7 @@ def write_fake_om(bundle_dir: Path) -> Path:
     bundle_dir = Path(bundle_dir)
     m = load_manifest(bundle_dir)
     a, g = m.arch, m.graph
-    kv_shape = [a.num_layers, 2, 1, a.num_kv_heads, g.kv_len, a.head_dim]
+    kv_shape = next(list(t.shape) for t in g.inputs if t.name == "past_key_values")  # the graph's layout
 
     def input_shapes(s):
         return [[1, s], [1, g.kv_len + s], [1, s], kv_shape]
@@ -84,6 +84,7 @@ class FakeAcl:
         self.models: dict[int, dict] = {}
         self.descs: dict[int, int | None] = {}
         self.dims: dict[int, list[int]] = {}  # dataset -> dynamic dims set for it
+        self.d2h: list[int] = []  # bytes of each device->host copy, in order
         self.contexts: set[int] = set()
         self.current: dict[int, int] = {}  # thread id -> its current context
         self.initialized = False
@@ -202,6 +203,8 @@ class FakeAcl:
         if kind not in (H2D, D2H) or not self._device_range(*on_device) or self._device_range(*on_host):
             return ERR_INVALID_PARAM
         ctypes.memmove(dst, src, count)
+        if kind == D2H:
+            self.d2h.append(count)
         return 0
 
     # --- acl.mdl -----------------------------------------------------------------------------

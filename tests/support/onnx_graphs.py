@@ -63,7 +63,7 @@ def tiny_llm_onnx(
     nodes += [helper.make_node("Softmax", ["logits_raw"], ["logits"], axis=-1),
               helper.make_node("Identity", ["past_key_values"], ["present_key_values"])]
     nodes += list(extra_nodes)
-    kv_shape = [layers, 2, 1, kv_heads, kv_len, head_dim]
+    kv_shape = [2 * layers, kv_heads, kv_len, head_dim]
     graph = helper.make_graph(
         nodes,
         "tiny_llm",
