@@ -134,5 +134,5 @@ def test_a_format_1_manifest_still_loads_and_a_newer_one_asks_for_a_newer_board(
     m = load_manifest(bundle)
     assert (m.format_version, m.chat_template.jinja, m.tokens.stop_ids) == (1, "", [])
     edit(lambda d: d.update(format_version=board.manifest.FORMAT_VERSION + 1))
-    with pytest.raises(BundleError, match=r"format_version 7 is not supported .*knows \[1, 2, 3, 4, 5, 6\]\); rebuild the bundle or update board/"):
+    with pytest.raises(BundleError, match=r"format_version 8 is not supported .*knows \[1, 2, 3, 4, 5, 6, 7\]\); rebuild the bundle or update board/"):
         load_manifest(bundle)
