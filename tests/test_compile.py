@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,9 @@ import pytest
 from board.manifest import TensorSpec, file_entries, load_manifest, write_manifest
 from board.ascend import find_plugin
 from host.__main__ import main
-from host.ascend.atc import CompileError, ToolMissing, derive_atc_command, derive_input_shapes, resolve_soc
+from host.ascend.atc import (
+    CompileError, ToolMissing, derive_atc_command, derive_input_shapes, host_env_args, produced_om, resolve_soc,
+)
 from host.ascend.board_runner import BoardRunner
 from host.ascend.compile import CompileConfig, compile_bundle
 from host.ascend.runners import DockerRunner, LocalRunner, select_runner
@@ -153,6 +156,8 @@ def test_plugin_is_found_through_ascend_custom_opp_path(tmp_path):
     ("E19010: No parser is registered for Op [x]", "install docker/plugin"),
     ("Killed", "MAX_COMPILE_CORE_NUMBER=1 TE_PARALLEL_COMPILER=1"),
     ("E10001: Value [Ascend310B1] for parameter [--soc_version] is invalid", "Ascend310B1 is for 20T boards"),
+    ("E10001: The CPU aarch64 is not within the support list of {x86_64}, parameter [--host_env_cpu]",
+     "compile on the board (--runner board)"),
 ])
 def test_atc_failures_are_explained_and_leave_the_bundle_untouched(tmp_path, fake_atc_env, monkeypatch, output, hint):
     bundle = make_bundle(tmp_path)
@@ -186,6 +191,20 @@ def test_a_rank_6_cache_from_before_format_7_is_refused_before_atc(tmp_path, fak
         compile_bundle(CompileConfig(bundle, "Ascend310B1", runner="local"))
     assert str(e.value) == (f"{bundle / 'model.onnx'}: inputs {{'past_key_values': 6}} have rank > 4, which ATC refuses "
                             "with --dynamic_dims (bundle format < 7); rebuild the bundle with this host")
+
+
+def test_the_stand_in_atc_refuses_a_rank_6_input_with_dynamic_dims_as_atc_documents(tmp_path, fake_atc_env):
+    bundle = make_bundle(tmp_path)
+    model = onnx.load(str(bundle / "model.onnx"))
+    model.graph.input[3].CopyFrom(onnx.helper.make_tensor_value_info("past_key_values", onnx.TensorProto.FLOAT,
+                                                                     [5, 2, 1, 4, 64, 8]))
+    onnx.save(model, str(tmp_path / "rank6.onnx"))
+    m = load_manifest(bundle)
+    m.graph.inputs[3] = TensorSpec("past_key_values", "float32", [5, 2, 1, 4, 64, 8])
+    cmd = derive_atc_command(m, "Ascend310B1", str(tmp_path / "rank6.onnx"), str(tmp_path / "out"))
+    r = subprocess.run([str(FAKE_BIN / "atc"), *cmd.argv[1:]], capture_output=True, text=True)
+    assert r.returncode != 0 and ("E10001: inputs ['past_key_values'] have more than 4 dims; --dynamic_dims "
+                                  "supports ND inputs of rank <= 4") in r.stdout + r.stderr
 
 
 def test_unsupported_ops_stop_the_compile(tmp_path, fake_atc_env):
@@ -394,3 +413,94 @@ def test_a_failed_manifest_write_puts_the_previous_om_back(tmp_path, fake_atc_en
         compile_bundle(CompileConfig(bundle, "Ascend310B4", runner="local"))
     assert snapshot(bundle) == before
     load_manifest(bundle)
+
+
+# --- cross-compiling: --host_env_os/--host_env_cpu and the .om name ATC then writes ---------
+# CANN's ATC reference: set both when the compile machine's OS/CPU differ from the machine the .om runs
+# on; an .om tied to one OS/CPU is named xxx_linux_<cpu>.om (see host/ascend/compile.py for the sources).
+def test_host_env_flags_only_when_atc_runs_on_another_cpu():
+    assert host_env_args("x86_64") == host_env_args("AMD64") == ["--host_env_os=linux", "--host_env_cpu=aarch64"]
+    assert host_env_args("aarch64") == host_env_args("arm64") == host_env_args(None) == []
+    m = make_manifest(5, 4, 8, 64, [1, 16])
+    cmd = derive_atc_command(m, "20T", "m.onnx", "/w/model", compile_machine="x86_64")
+    assert cmd.argv[-3:] == ["--host_env_os=linux", "--host_env_cpu=aarch64", "--log=error"]
+    assert cmd.host_env == "linux/aarch64" and "cross-compiled" in cmd.summary()
+    assert derive_atc_command(m, "20T", "m.onnx", "/w/model", compile_machine="aarch64").host_env is None
+
+
+def test_produced_om_takes_the_plain_or_the_board_tagged_name_and_refuses_another_cpu():
+    assert produced_om(["model.om", "model_linux_aarch64.om"]) == "model.om"
+    assert produced_om(["fusion_result.json", "model_linux_aarch64.om"]) == "model_linux_aarch64.om"
+    assert produced_om(["model.onnx", "other_linux_aarch64.om"]) is None
+    with pytest.raises(CompileError, match="model_linux_x86_64.om, an .om for linux/x86_64: it will not load"):
+        produced_om(["model_linux_x86_64.om"])
+
+
+def test_x86_host_cross_compiles_and_the_tagged_om_becomes_model_om(tmp_path, fake_atc_env):
+    bundle = make_bundle(tmp_path)
+    runner = LocalRunner(atc=str(FAKE_BIN / "atc"), env=dict(os.environ), machine="x86_64")
+    result = compile_bundle(CompileConfig(bundle, "Ascend310B1", runner="local"), runner=runner)
+    om = (bundle / "model.om").read_bytes()  # the stand-in wrote model_linux_aarch64.om, as ATC documents
+    assert b"--host_env_os=linux\n--host_env_cpu=aarch64" in om and result["host_env"] == "linux/aarch64"
+    assert load_manifest(bundle).files["model.om"].sha256 == result["sha256"]
+    assert not list(bundle.glob("*_linux_*"))
+
+
+def test_compiling_on_aarch64_passes_no_host_env(tmp_path, fake_atc_env, monkeypatch):
+    bundle = make_bundle(tmp_path)
+    runner = LocalRunner(atc=str(FAKE_BIN / "atc"), env=dict(os.environ), machine="aarch64")
+    result = compile_bundle(CompileConfig(bundle, "Ascend310B1", runner="local"), runner=runner)
+    assert b"host_env" not in (bundle / "model.om").read_bytes() and result["host_env"] is None
+    # a dynamic-shape .om that ATC ties to its own CPU: model_linux_aarch64.om on the board is taken too
+    monkeypatch.setenv("FAKE_ATC_OM_NAME", "tagged")
+    monkeypatch.setenv("FAKE_ATC_MACHINE", "aarch64")
+    runner = LocalRunner(atc=str(FAKE_BIN / "atc"), env=dict(os.environ), machine="aarch64")
+    assert compile_bundle(CompileConfig(bundle, "Ascend310B4", runner="local"), runner=runner)["soc"] == "Ascend310B4"
+
+
+def test_an_om_tied_to_the_workstation_cpu_is_refused_and_the_bundle_kept(tmp_path, fake_atc_env, monkeypatch):
+    bundle = make_bundle(tmp_path)
+    before = snapshot(bundle)
+    monkeypatch.setenv("FAKE_ATC_OM_NAME", "tagged")  # ATC ran on x86_64 without the flags (an older host)
+    monkeypatch.setenv("FAKE_ATC_MACHINE", "x86_64")
+    runner = LocalRunner(atc=str(FAKE_BIN / "atc"), env=dict(os.environ), machine="aarch64")
+    with pytest.raises(CompileError, match="model_linux_x86_64.om.*will not load on the board"):
+        compile_bundle(CompileConfig(bundle, "Ascend310B1", runner="local"), runner=runner)
+    assert snapshot(bundle) == before
+
+
+def test_board_runner_fetches_a_tagged_om_as_model_om(tmp_path, fake_atc_env, monkeypatch):
+    bundle = make_bundle(tmp_path)
+    monkeypatch.setenv("FAKE_ATC_OM_NAME", "tagged")
+    monkeypatch.setenv("FAKE_ATC_MACHINE", "aarch64")
+    shell = LocalStandInShell(tmp_path / "remote")
+    runner = BoardRunner(open_shell=lambda: contextlib.nullcontext(shell), board="orangepi")
+    result = compile_bundle(CompileConfig(bundle, "20T", runner="board", board="orangepi"), runner=runner)
+    atc_argv = next(c for c in shell.commands if "atc" in c)
+    assert not any(a.startswith("--host_env") for a in atc_argv)  # ATC runs on the board's own CPU
+    assert result["host_env"] is None and (bundle / "model.om").read_bytes().startswith(b"FAKE-OM")
+
+
+def test_docker_image_architecture_decides_the_host_env(tmp_path):
+    class Image:
+        attrs = {"Architecture": "amd64"}
+
+    class AmdClient(StandInDockerClient):
+        def get(self, tag):
+            super().get(tag)
+            return Image()
+
+    bundle = make_bundle(tmp_path)
+    client = AmdClient(toolkit_home=fake_toolkit(tmp_path, "8.0.0"))
+    runner = DockerRunner.connect("edge-llm/cann:8.0.0-310b", client_factory=lambda: client)
+    assert runner.machine == "x86_64"
+    result = compile_bundle(CompileConfig(bundle, "Ascend310B1", runner="docker"), runner=runner)
+    assert "--host_env_cpu=aarch64" in client.calls[0]["command"] and result["host_env"] == "linux/aarch64"
+
+
+def test_dry_run_shows_the_host_env_of_this_machine(tmp_path, capsys, monkeypatch):
+    bundle = make_bundle(tmp_path)
+    for machine, flags in (("x86_64", True), ("aarch64", False)):
+        monkeypatch.setattr("host.ascend.compile.platform.machine", lambda m=machine: m)
+        assert main(["compile", "--bundle", str(bundle), "--soc", "20T", "--dry-run", "--json"]) == 0
+        assert ("--host_env_cpu=aarch64" in json.loads(capsys.readouterr().out)["argv"]) is flags

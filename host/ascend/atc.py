@@ -7,6 +7,7 @@ Pure functions only; running the command lives in host/ascend/runners.py. Syntax
 """
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 
@@ -31,6 +32,15 @@ BOARD_ATC_ENV = {"MAX_COMPILE_CORE_NUMBER": "1", "TE_PARALLEL_COMPILER": "1"}
 FRAMEWORK_ONNX = 5
 MAX_GEARS = 100  # ATC accepts 2..100 dynamic_dims profiles
 
+# The OS and CPU the .om runs on: the Orange Pi AI Pro's Control CPU (aarch64 Linux). ATC takes its own
+# machine's unless told otherwise (--host_env_os/--host_env_cpu); a graph that ATC compiles as dynamic
+# shape carries the op .so files of that OS/CPU and ACL refuses it on another (see host/ascend/compile.py).
+BOARD_OS, BOARD_CPU = "linux", "aarch64"
+_CPU_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "armv8": "aarch64", "armv8l": "aarch64"}
+# What ATC writes for --output=<dir>/model: model.om, or model_<os>_<cpu>.om when the .om is tied to one
+# OS/CPU (e.g. model_linux_aarch64.om); GE's valid --host_env_os values are linux and minios.
+_TAGGED_OM = re.compile(r"^(?P<stem>.+)_(?P<os>linux|minios)_(?P<cpu>[A-Za-z0-9_]+)\.om$")
+
 
 @dataclass(frozen=True)
 class AtcCommand:
@@ -44,6 +54,7 @@ class AtcCommand:
     precision_mode: str
     opset: int | None = None  # the graph's ai.onnx opset (ATC takes it from the file)
     compute_dtype: str | None = None  # what the graph computes activations in
+    host_env: str | None = None  # "linux/aarch64" when --host_env_os/--host_env_cpu are passed (cross-compile)
 
     def shell(self) -> str:
         """The command as one copy-pasteable shell line (semicolons quoted)."""
@@ -61,12 +72,50 @@ class AtcCommand:
             "precision_mode": self.precision_mode,
             "opset": self.opset,
             "compute_dtype": self.compute_dtype,
+            "host_env": self.host_env,
         }
 
     def summary(self) -> str:
         """One line naming what the command was chosen for."""
         return (f"# {self.soc} ({BOARD_BY_SOC.get(self.soc, '?')} board), graph opset {self.opset}, compute "
-                f"{self.compute_dtype}, --precision_mode_v2={self.precision_mode}, gears {self.gears}")
+                f"{self.compute_dtype}, --precision_mode_v2={self.precision_mode}, gears {self.gears}"
+                + (f", for {self.host_env} (cross-compiled)" if self.host_env else ""))
+
+
+def normalize_cpu(machine: str) -> str:
+    """platform.machine() / Docker architecture names -> ATC's --host_env_cpu spelling (x86_64, aarch64)."""
+    return _CPU_ALIASES.get(machine.lower(), machine.lower())
+
+
+def host_env_args(compile_machine: str | None) -> list[str]:
+    """--host_env_os/--host_env_cpu for the board when ATC runs on another CPU (an x86_64 workstation or its
+    Docker image); nothing when it runs on aarch64 (the board itself) or the machine is not known."""
+    if not compile_machine or normalize_cpu(compile_machine) == BOARD_CPU:
+        return []
+    return [f"--host_env_os={BOARD_OS}", f"--host_env_cpu={BOARD_CPU}"]
+
+
+def produced_om(names, stem: str = "model") -> str | None:
+    """Which of `names` (a directory listing) is the .om ATC wrote for --output=<dir>/<stem>: <stem>.om, else
+    <stem>_linux_aarch64.om (the name ATC gives an .om tied to the board's OS/CPU); None when neither is there.
+
+    An .om tied to another OS/CPU (<stem>_linux_x86_64.om) would not load on the board: a CompileError."""
+    names = set(names)
+    if f"{stem}.om" in names:
+        return f"{stem}.om"
+    tagged = sorted(n for n in names if (m := _TAGGED_OM.match(n)) and m["stem"] == stem)
+    for name in tagged:
+        m = _TAGGED_OM.match(name)
+        if m["os"] == BOARD_OS and normalize_cpu(m["cpu"]) == BOARD_CPU:
+            return name
+    if tagged:
+        m = _TAGGED_OM.match(tagged[0])
+        raise CompileError(
+            f"ATC wrote {tagged[0]}, an .om for {m['os']}/{m['cpu']}: it will not load on the board "
+            f"({BOARD_OS}/{BOARD_CPU}); compile with --host_env_os={BOARD_OS} --host_env_cpu={BOARD_CPU} "
+            "(python -m host compile passes them when ATC runs on another CPU) or on the board (--runner board)"
+        )
+    return None
 
 
 def resolve_soc(value: str) -> str:
@@ -141,11 +190,13 @@ def derive_atc_command(
     output: str,
     precision_mode: str = DEFAULT_PRECISION,
     atc: str = "atc",
+    compile_machine: str | None = None,
 ) -> AtcCommand:
     """The full ATC argv for a bundle; `model`/`output` are paths as the runner sees them.
 
-    ATC appends ".om" to `output`. --log=error keeps the board's small disk and our
-    captured output free of info logs; errors still carry their E-codes.
+    ATC appends ".om" to `output` (or "_linux_aarch64.om", see `produced_om`). `compile_machine` is the
+    CPU ATC runs on: when it is not aarch64 the board's OS/CPU are passed (`host_env_args`). --log=error
+    keeps the board's small disk and our captured output free of info logs; errors still carry their E-codes.
     """
     soc = resolve_soc(soc)
     if precision_mode not in PRECISION_MODES:
@@ -161,9 +212,10 @@ def derive_atc_command(
     ]
     if dynamic_dims is not None:
         argv.append(f"--dynamic_dims={dynamic_dims}")
-    argv += [f"--soc_version={soc}", f"--precision_mode_v2={precision_mode}", "--log=error"]
+    host_env = host_env_args(compile_machine)
+    argv += [f"--soc_version={soc}", f"--precision_mode_v2={precision_mode}", *host_env, "--log=error"]
     return AtcCommand(argv, input_shape, dynamic_dims, gears, soc, precision_mode, manifest.graph.opset,
-                      manifest.graph.compute_dtype)
+                      manifest.graph.compute_dtype, f"{BOARD_OS}/{BOARD_CPU}" if host_env else None)
 
 
 # --- failures --------------------------------------------------------------------------------
@@ -185,6 +237,10 @@ def explain_failure(output: str, returncode: int, soc: str) -> str:
     if returncode in (-9, 137) or "Killed" in output or "out of memory" in output.lower():
         return (f"ATC was killed, most likely out of memory: set {' '.join(f'{k}={v}' for k, v in BOARD_ATC_ENV.items())} "
                 "(the board runner does), add swap, or compile with --runner docker on a workstation")
+    if "host_env_cpu" in output or "host_env_os" in output:  # GE checks them against the toolkit's opp packages
+        return (f"ATC cannot build for the board's {BOARD_OS}/{BOARD_CPU} here: this toolkit's opp has no op "
+                "libraries for it (a graph ATC compiles as dynamic shape needs them); compile on the board "
+                "(--runner board) or with a toolkit that has the aarch64 opp")
     if "soc_version" in output or "E10001" in output:
         return f"ATC rejected an option, often --soc_version: {soc} is for {board} boards ({soc_hint()})"
     return f"ATC failed (exit {returncode}) compiling for {soc} ({board} board)"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, ContextManager, Protocol
 
 from board.ascend import board_model, soc_hint
-from host.ascend.atc import BOARD_ATC_ENV, AtcCommand, ToolMissing, failure
+from host.ascend.atc import BOARD_ATC_ENV, BOARD_CPU, AtcCommand, ToolMissing, failure, produced_om
 from host.ascend.runners import FACTS_SOURCE, cann_from_facts
 from host.errors import InputError
 
@@ -35,6 +35,7 @@ class BoardRunner:
     board: str
     name: str = "board"
     cann: str | None = None  # read on the board during `run`
+    machine: str = BOARD_CPU  # ATC runs on the board: no --host_env_* needed
 
     def paths(self, bundle: Path, onnx_name: str, workdir: Path) -> tuple[str, str]:
         return onnx_name, "model"
@@ -58,8 +59,12 @@ class BoardRunner:
                 rc, output = shell.run(self.argv(command), cwd=remote_dir)
                 if rc != 0:
                     raise failure(output, rc, command.soc)
+                _, listing = shell.run(["ls", "-1", remote_dir])  # model.om, or model_linux_aarch64.om
+                name = produced_om(listing.split())
+                if name is None:
+                    raise failure(output + f"\n(ATC exited 0 but wrote no model*.om in {remote_dir})", 0, command.soc)
                 om = Path(workdir) / "model.om"
-                shell.get(f"{remote_dir}/model.om", om)
+                shell.get(f"{remote_dir}/{name}", om)
                 rc, output = shell.run(["python3", "-c", FACTS_SOURCE])
                 self.cann = cann_from_facts(output) if rc == 0 else None
                 return om

@@ -1,9 +1,23 @@
 """The Ascend compile step: check the graph, run ATC (local, Docker or board), put model.om in the bundle.
 
 The bundle changes only after ATC succeeded (host/ascend/install.py).
+
+Cross-compiling: ATC builds for the OS/CPU it runs on unless --host_env_os/--host_env_cpu name those of
+the machine the .om will run on, when they differ from the compile machine's (CANN 8.0 ATC reference,
+https://www.hiascend.com/document/detail/en/canncommercial/800/devaids/atc/atlasatcparam_16_0034.html;
+values aarch64/x86_64: https://hiascend.com/document/detail/zh/canncommercial/63RC2/inferapplicationdev/atctool/atctool_000064.html).
+So a runner whose machine is not aarch64 (an x86_64 workstation, its Docker image) passes
+--host_env_os=linux --host_env_cpu=aarch64. The docs' example name xxx_linux_x86_64.om means the .om is
+tied to that OS/CPU; GE's source shows when: an .om that packs op .so files (a graph ATC compiles as
+dynamic shape) gets "_<os>_<cpu>" inserted before ".om" (ModelHelper::SaveSpaceRegistrySoBin,
+https://github.com/hicann/ge/blob/master/base/common/helper/model_helper.cc) and ACL refuses it on
+another OS/CPU at load time; any other .om keeps the plain name and ATC ignores the two options. The
+runners therefore accept model.om or model_linux_aarch64.om (host.ascend.atc.produced_om), refuse an .om
+tagged for another CPU, and the bundle always gets it as model.om.
 """
 from __future__ import annotations
 
+import platform
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -41,13 +55,14 @@ def prepare(config: CompileConfig) -> tuple[Manifest, OpReport]:
 
 
 def command_for(config: CompileConfig, manifest: Manifest, runner: Runner | None, workdir: Path) -> AtcCommand:
-    """The ATC command with paths as `runner` sees them (host paths when runner is None)."""
+    """The ATC command with paths as `runner` sees them (host paths, and this machine's CPU, when runner is None)."""
     bundle = Path(config.bundle)
     if runner is None:
         model, output = str(bundle.resolve() / manifest.graph.onnx), str(Path(workdir) / "model")
     else:
         model, output = runner.paths(bundle, manifest.graph.onnx, workdir)
-    return derive_atc_command(manifest, config.soc, model, output, config.precision_mode)
+    machine = getattr(runner, "machine", None) or platform.machine()  # where ATC runs decides --host_env_*
+    return derive_atc_command(manifest, config.soc, model, output, config.precision_mode, compile_machine=machine)
 
 
 def compile_bundle(config: CompileConfig, runner: Runner | None = None, log=sys.stderr) -> dict:

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from board import ascend
-from host.ascend.atc import AtcCommand, ToolMissing, failure
+from host.ascend.atc import AtcCommand, ToolMissing, failure, normalize_cpu, produced_om
 from host.errors import InputError
 
 DEFAULT_IMAGE = "edge-llm/cann:8.0.0-310b"
@@ -33,6 +34,15 @@ def cann_from_facts(output: str) -> str | None:
     return None
 
 
+def find_om(workdir: Path, command: AtcCommand, output: str) -> Path:
+    """The .om ATC wrote into `workdir` (model.om or model_linux_aarch64.om); a CompileError naming ATC's
+    output when there is none."""
+    name = produced_om(p.name for p in Path(workdir).iterdir())
+    if name is None:
+        raise failure(output + "\n(ATC exited 0 but wrote no model*.om)", 0, command.soc)
+    return Path(workdir) / name
+
+
 def plugin_missing_message(search: ascend.PluginSearch) -> str:
     if search.problem:
         return f"the graph uses MatMulInteger but {search.problem}"
@@ -46,6 +56,7 @@ def plugin_missing_message(search: ascend.PluginSearch) -> str:
 
 class Runner(Protocol):
     name: str
+    machine: str  # the CPU ATC runs on (platform.machine() spelling): not aarch64 -> --host_env_* for the board
 
     def paths(self, bundle: Path, onnx_name: str, workdir: Path) -> tuple[str, str]:
         """(--model, --output) as ATC will see them."""
@@ -64,6 +75,7 @@ class LocalRunner:
     atc: str
     env: dict
     name: str = "local"
+    machine: str = field(default_factory=platform.machine)
 
     @classmethod
     def find(cls, env: dict | None = None) -> "LocalRunner":
@@ -91,10 +103,9 @@ class LocalRunner:
     def run(self, command: AtcCommand, bundle: Path, workdir: Path) -> Path:
         argv = [self.atc] + command.argv[1:]
         proc = subprocess.run(argv, cwd=workdir, env=self.env, capture_output=True, text=True)
-        om = Path(workdir) / "model.om"
-        if proc.returncode != 0 or not om.is_file():
+        if proc.returncode != 0:
             raise failure(proc.stdout + proc.stderr, proc.returncode, command.soc)
-        return om
+        return find_om(workdir, command, proc.stdout + proc.stderr)
 
 
 @dataclass
@@ -104,6 +115,7 @@ class DockerRunner:
     client: object  # docker.DockerClient
     image: str
     name: str = "docker"
+    machine: str = field(default_factory=platform.machine)  # the image's architecture when Docker names it
 
     @classmethod
     def connect(cls, image: str, client_factory=None) -> "DockerRunner":
@@ -122,13 +134,14 @@ class DockerRunner:
                 "or use --runner local (CANN toolkit) or --runner board --board NAME"
             ) from None
         try:
-            client.images.get(image)
+            found = client.images.get(image)
         except Exception:
             raise ToolMissing(
                 f"Docker image {image} is not present: build it with `make docker-build` "
                 f"(docker build -f docker/cann.Dockerfile -t {image} docker/), or pass --image TAG"
             ) from None
-        return cls(client=client, image=image)
+        arch = (getattr(found, "attrs", None) or {}).get("Architecture")  # "amd64", "arm64"
+        return cls(client=client, image=image, machine=normalize_cpu(arch) if arch else platform.machine())
 
     def paths(self, bundle: Path, onnx_name: str, workdir: Path) -> tuple[str, str]:
         return f"/bundle/{onnx_name}", "/out/model"
@@ -150,10 +163,9 @@ class DockerRunner:
             str(Path(bundle).resolve()): {"bind": "/bundle", "mode": "ro"},
             str(Path(workdir).resolve()): {"bind": "/out", "mode": "rw"},
         })
-        om = Path(workdir) / "model.om"
-        if status != 0 or not om.is_file():
+        if status != 0:
             raise failure(output, status, command.soc)
-        return om
+        return find_om(workdir, command, output)
 
 
 def select_runner(config, env: dict | None = None, docker_factory=None) -> Runner:
