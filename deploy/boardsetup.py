@@ -37,7 +37,7 @@ def _upload_changed(remote: Remote, files: dict, dest: str, progress: Progress) 
         for name in todo:
             part = f"{dest}/.{Path(name).name}.part"
             remote.put(files[name], part, callback=progress.file(name))
-            remote.sftp.posix_rename(part, f"{dest}/{name}")  # a reader never sees half a file
+            remote.rename(part, f"{dest}/{name}")
     return todo
 
 

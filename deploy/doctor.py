@@ -208,7 +208,8 @@ def examine(remote: Remote, bundle=None) -> list:
     except ValueError as e:
         rset, problem = None, str(e)
     return [
-        Check("ssh", "ok", f"reachable at {board.host}:{board.port} as {board.user}"),
+        Check("ssh", "ok", f"this machine (connection: local) as {board.user}" if board.local
+              else f"reachable at {board.host}:{board.port} as {board.user}"),
         Check("arch", "ok", arch) if arch == "aarch64" else
         Check("arch", "warn", f"{arch}, not aarch64: not an Orange Pi AIpro (fine for a test board)"),
         Check("python", "ok", f"{py} ({probe['executable']})") if tuple(probe["python"]) >= MIN_PYTHON else

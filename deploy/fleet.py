@@ -1,4 +1,4 @@
-"""Run one action on each selected board (a Fabric SerialGroup); results and failures per board.
+"""Run one action on each selected board; results and failures per board.
 
 Fabric's groups run one command on every host; our tasks are Python functions that hold a
 session (upload, verify, switch), so each board gets the action in turn, in inventory order,
@@ -9,13 +9,13 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from fabric import GroupResult, SerialGroup
+from fabric import GroupResult
 from invoke.exceptions import Exit
 
 from deploy.errors import DeployError, Interrupted, InventoryError
 from deploy.inventory import Board, load_inventory, select
 from deploy.remote import Remote, connect
-from deploy.ssh import LINK_ERRORS, check_key, connection
+from deploy.ssh import LINK_ERRORS, check_key
 from deploy.text import shown
 
 INTERRUPTED = 130  # the shell's status for a program stopped by Ctrl-C
@@ -26,7 +26,8 @@ def boards(name: str | None) -> list[Board]:
     try:
         chosen = select(load_inventory(), name)
         for board in chosen:
-            check_key(board)
+            if not board.local:
+                check_key(board)
     except InventoryError as e:
         raise Exit(f"inventory: {e}", code=2) from None
     return chosen
@@ -44,9 +45,9 @@ def one_board(name: str | None, task: str) -> Board:
 def run(chosen: list[Board], action: Callable[[Remote], object], task: str) -> GroupResult:
     """action(remote) on each board; {board: its value or its DeployError}. Ctrl-C stops the fleet."""
     results = GroupResult()
-    for board, conn in zip(chosen, SerialGroup.from_connections([connection(b) for b in chosen])):
+    for board in chosen:
         try:
-            with connect(board, conn) as remote:
+            with connect(board) as remote:
                 results[board] = action(remote)
         except Interrupted:
             raise

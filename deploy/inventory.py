@@ -1,13 +1,15 @@
 """inventory.yml: the boards a task acts on, read and validated into `Board` records.
 
 `EDGE_LLM_INVENTORY` overrides the file's path. String values may use `${VAR}` for an
-environment variable (the default inventory uses `${USER}`); local paths accept `~`.
+environment variable; local paths accept `~`. A board with `connection: local` is this machine:
+it needs no host, user or key, and its python defaults to the one running `fab`.
 """
 from __future__ import annotations
 
 import getpass
 import os
 import re
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from deploy.errors import InventoryError
 
 DEFAULT_INVENTORY = Path(__file__).resolve().parents[1] / "inventory.yml"
 BACKENDS = ("acl", "onnxruntime")
+CONNECTIONS = ("ssh", "local")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -27,7 +30,7 @@ class Board:
     name: str
     host: str
     user: str
-    key: str  # local private key file
+    key: str | None  # local private key file (None for a local board)
     path: str  # install path on the board (absolute, or ~/...)
     backend: str
     port: int = 22
@@ -38,6 +41,11 @@ class Board:
     keep_releases: int = 3
     connect_timeout: int = 10
     cann_env: str | None = None  # set_env.sh on the board; default: the usual CANN locations
+    connection: str = "ssh"  # local: this machine, run as local processes instead of over SSH
+
+    @property
+    def local(self) -> bool:
+        return self.connection == "local"
 
     @property
     def key_file(self) -> Path:
@@ -48,7 +56,7 @@ class Board:
         return Path(self.known_hosts).expanduser()
 
 
-_REQUIRED = ("name", "host", "user", "key", "path", "backend")
+_REQUIRED = {"ssh": ("name", "host", "user", "key", "path", "backend"), "local": ("name", "path", "backend")}
 _FIELDS = {f.name: f for f in fields(Board)}
 
 
@@ -78,7 +86,7 @@ def _check(board: dict, where: str) -> None:
     def bad(field: str, want: str) -> InventoryError:
         return InventoryError(f"{where}: field '{field}' {want} (got {board[field]!r})")
 
-    for name in ("host", "user", "key", "path", "known_hosts", "python", "cann_env"):
+    for name in ("host", "user", "key", "path", "known_hosts", "python", "cann_env", "connection"):
         if name in board and board[name] is not None and (not isinstance(board[name], str) or not board[name]):
             raise bad(name, "must be a non-empty string")
     if not _NAME.match(str(board["name"])):
@@ -86,6 +94,8 @@ def _check(board: dict, where: str) -> None:
     for name, low, high in (("port", 1, 65535), ("keep_releases", 1, 100), ("connect_timeout", 1, 600)):
         if name in board and (type(board[name]) is not int or not low <= board[name] <= high):
             raise bad(name, f"must be an integer {low}-{high}")
+    if board.get("connection", "ssh") not in CONNECTIONS:
+        raise bad("connection", f"must be one of {', '.join(CONNECTIONS)}")
     if board["backend"] not in BACKENDS:
         raise bad("backend", f"must be one of {', '.join(BACKENDS)}")
     if board.get("soc") is not None and board["soc"] not in SOCS:
@@ -95,6 +105,11 @@ def _check(board: dict, where: str) -> None:
     path = board["path"]
     if not (path.startswith("/") or path.startswith("~/")) or "\n" in path:
         raise bad("path", "must be absolute or start with ~/ (e.g. /home/HwHiAiUser/edge-llm)")
+
+
+def _local_defaults() -> dict:
+    """What a board on this machine needs no line for: who and where it is, and the python running `fab`."""
+    return {"host": "localhost", "user": getpass.getuser(), "key": None, "python": sys.executable}
 
 
 def parse_inventory(data, source: str) -> list[Board]:
@@ -111,10 +126,12 @@ def parse_inventory(data, source: str) -> list[Board]:
         unknown = sorted(set(raw) - set(_FIELDS))
         if unknown:
             raise InventoryError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(_FIELDS)}")
-        missing = [k for k in _REQUIRED if raw.get(k) in (None, "")]
+        board = {k: _expand(v, f"{where}: field '{k}'") for k, v in raw.items()}
+        if board.get("connection") == "local":
+            board = {**_local_defaults(), **board}
+        missing = [k for k in _REQUIRED.get(board.get("connection"), _REQUIRED["ssh"]) if board.get(k) in (None, "")]
         if missing:
             raise InventoryError(f"{where}: missing field(s) {', '.join(missing)}")
-        board = {k: _expand(v, f"{where}: field '{k}'") for k, v in raw.items()}
         _check(board, where)
         if board["name"] in seen:
             raise InventoryError(f"{where}: the name is used twice; board names must be unique")

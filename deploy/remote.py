@@ -1,5 +1,8 @@
 """The one place that runs things on a board: remote commands, board-side operations, uploads.
 
+A board is reached over SSH (fabric), or is this machine (`connection: local`): then the same
+command lines run as local processes.
+
 Every command line sent to a board is built here from an argv list with each element
 shell-quoted, so no inventory or user value is ever interpreted by the remote shell.
 Commands that run board code pick `<path>/venv/bin/python` when present (else the
@@ -11,7 +14,9 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import shutil
 import socket
+import subprocess
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +25,7 @@ from pathlib import Path
 
 import paramiko
 from fabric import Connection
+from invoke import Context
 
 from deploy.boardenv import cann_scripts
 from deploy.errors import BoardRefused, DeployError
@@ -157,21 +163,30 @@ class Remote:
         holder = {"who": f"{getpass.getuser()}@{socket.gethostname()}", "pid": os.getpid(), "what": what}
         line = self.command(["-c", ONBOARD_SOURCE, "lock", json.dumps({"root": self.root, "holder": holder})],
                             python=True, venv=False, env=False)
-        channel = self.conn.client.get_transport().open_session()
+        answer, release = self._hold(line)
         try:
-            channel.exec_command(line)
-            reply = self._reply("lock", channel.makefile("r").readline(), "", "no answer")
+            reply = self._reply("lock", answer.readline(), "", "no answer")
             if not reply["locked"]:
                 raise DeployError(self.board.name, f"another deploy holds the board's lock ({_holder(reply['holder'])})",
                                   f"wait for it to finish, then run `fab {what.split()[0]}` again")
             yield
         finally:
+            release()
+
+    def _hold(self, line: str):
+        """Start `line` on the board with its stdin kept open: (its stdout, a function that closes that stdin)."""
+        channel = self.conn.client.get_transport().open_session()
+        channel.exec_command(line)
+
+        def release() -> None:
             try:
                 channel.shutdown_write()  # EOF on the holder's stdin: it exits and the lock is free
                 channel.status_event.wait(10)
                 channel.close()
             except LINK_ERRORS:
                 pass  # a dropped link: the board-side holder sees EOF and exits by itself
+
+        return channel.makefile("r"), release
 
     def alive(self) -> bool:
         """Whether the SSH transport is still up (fabric would silently reconnect otherwise)."""
@@ -181,11 +196,86 @@ class Remote:
         """Upload one file over SFTP (callback(bytes_done, total) for progress)."""
         self.sftp.put(str(local), remote, callback=callback, confirm=True)
 
+    def get(self, remote: str, local: Path) -> None:
+        """Download one file from the board."""
+        self.sftp.get(remote, str(local))
+
+    def rename(self, src: str, dst: str) -> None:
+        """Move a file on the board in one step (POSIX rename: a reader never sees half a file)."""
+        self.sftp.posix_rename(src, dst)
+
+    def write_private(self, path: str, text: str) -> None:
+        """A file only its owner can read, from its first byte on (an existing one is replaced)."""
+        if self.run(["test", "-e", path], env=False).exited == 0:
+            self.sftp.remove(path)  # it may belong to the service user now
+        with self.sftp.open(path, "w") as f:
+            f.chmod(0o600)
+            f.write(text)
+
+    @contextmanager
+    def forward(self, local_port: int, port: int):
+        """The board's 127.0.0.1:port reachable here on local_port while the block runs."""
+        with self.conn.forward_local(local_port, remote_port=port):
+            yield
+
     @property
     def sftp(self) -> paramiko.SFTPClient:
         return self.conn.sftp()
 
 
+class LocalRemote(Remote):
+    """A board that is this machine: the same command lines and board-side operations, run as local processes.
+
+    Releases, the deploy lock, sha256 checks, the board's own check and the atomic switch are the
+    board-side code that runs over SSH too; only the transport differs (invoke instead of fabric).
+    """
+
+    def __init__(self, board: Board):
+        super().__init__(board, Context())
+
+    def _hold(self, line: str):
+        proc = subprocess.Popen(["/bin/sh", "-c", line], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+        def release() -> None:
+            proc.stdin.close()  # EOF: the holder exits and the lock is free
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            proc.stdout.close()
+
+        return proc.stdout, release
+
+    def alive(self) -> bool:
+        return True
+
+    def put(self, local: Path, remote: str, callback=None) -> None:
+        total, done = local.stat().st_size, 0
+        with open(local, "rb") as src, open(remote, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+                done += len(chunk)
+                if callback:
+                    callback(done, total)
+
+    def get(self, remote: str, local: Path) -> None:
+        shutil.copyfile(remote, local)
+
+    def rename(self, src: str, dst: str) -> None:
+        os.replace(src, dst)
+
+    def write_private(self, path: str, text: str) -> None:
+        if os.path.lexists(path):
+            os.remove(path)
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(text)
+
+    @contextmanager
+    def forward(self, local_port: int, port: int):
+        if local_port != port:
+            raise DeployError(self.board.name, f"a board on this machine serves on its own port ({port})",
+                              f"use --port {local_port} without --local-port")
+        yield
 
 
 def _holder(holder: dict) -> str:
@@ -198,6 +288,9 @@ def _holder(holder: dict) -> str:
 @contextmanager
 def connect(board: Board, conn: Connection | None = None):
     """Open a Remote to the board (over `conn` when given); DeployError with one clear line when that fails."""
+    if board.local:
+        yield LocalRemote(board)
+        return
     conn = open_connection(board, conn)
     try:
         yield Remote(board, conn)

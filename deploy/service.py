@@ -141,15 +141,6 @@ def _service_env(remote: Remote) -> str:
     return "# What env.sh sets (CANN), for systemd's EnvironmentFile; rewritten by `fab service install`.\n" + r.stdout
 
 
-def _write_secret(remote: Remote, path: str, text: str) -> None:
-    """A file only its owner can read, from its first byte on."""
-    if remote.run(["test", "-e", path], env=False).exited == 0:
-        remote.sftp.remove(path)  # it may belong to the service user now
-    with remote.sftp.open(path, "w") as f:
-        f.chmod(0o600)
-        f.write(text)
-
-
 def _ensure_deps(remote: Remote) -> str:
     """Install board/requirements-serve.txt of the current release into the board's python when missing."""
     if remote.python(["-c", "import starlette, uvicorn"]).exited == 0:
@@ -169,7 +160,7 @@ def install(remote: Remote, opts: ServiceOptions, key_file: Path | None) -> list
     _need_release(remote)
     lines = [f"{name}: {_ensure_deps(remote)}"]
     if key_file:
-        _write_secret(remote, remote.path("api-key"), key_file.read_text().strip() + "\n")
+        remote.write_private(remote.path("api-key"), key_file.read_text().strip() + "\n")
     systemd = has_systemd(remote)
     opts = ServiceOptions(opts.port, opts.host, bool(key_file), "systemd" if systemd else "background")
     venv = remote.path("venv", "bin", "python")
@@ -291,7 +282,7 @@ def foreground(remote: Remote, port: int, local_port: int) -> int:
             running.join()
             raise DeployError(remote.board.name, f"the server did not come up ({answer})", "see its output above")
         ok, answer = health(remote, opts, 2)
-    with remote.conn.forward_local(local_port, remote_port=port):
+    with remote.forward(local_port, port):
         print(f"{remote.board.name}: the board's 127.0.0.1:{port} is here at http://127.0.0.1:{local_port}/ "
               "(Ctrl-C stops)", flush=True)
         try:

@@ -1,6 +1,9 @@
 """inventory.yml: validation names the board and the field; EDGE_LLM_INVENTORY picks the file."""
 from __future__ import annotations
 
+import getpass
+import sys
+
 import pytest
 
 from deploy.errors import InventoryError
@@ -39,7 +42,7 @@ def test_minimal_board_gets_the_documented_defaults():
     ({"trust_new_host": "yes please"}, "inv.yml: board 'pi-1': field 'trust_new_host' must be true or false (got 'yes please')"),
     ({"keep_releases": 0}, "inv.yml: board 'pi-1': field 'keep_releases' must be an integer 1-100 (got 0)"),
     ({"hots": "x"}, "inv.yml: board 'pi-1': unknown field(s) hots; known: name, host, user, key, path, backend, port, "
-                    "known_hosts, python, soc, trust_new_host, keep_releases, connect_timeout, cann_env"),
+                    "known_hosts, python, soc, trust_new_host, keep_releases, connect_timeout, cann_env, connection"),
     ({"name": None}, "inv.yml: board #1: missing field(s) name"),
 ])
 def test_a_wrong_field_is_one_error_naming_the_board_and_the_field(changes, message):
@@ -67,10 +70,21 @@ def test_edge_llm_inventory_overrides_the_default_path(monkeypatch, tmp_path):
     assert [b.name for b in load_inventory()] == ["mine"]
 
 
-def test_the_shipped_inventory_targets_a_localhost_board(monkeypatch):
-    monkeypatch.setenv("USER", "someone")
+def test_the_shipped_inventory_is_this_machine_without_ssh():
     (b,) = load_inventory(DEFAULT_INVENTORY)
-    assert (b.name, b.host, b.user, b.backend, b.trust_new_host) == ("localhost", "127.0.0.1", "someone", "onnxruntime", False)
+    assert (b.name, b.local, b.backend, b.path) == ("localhost", True, "onnxruntime", "~/edge-llm-board")
+    assert (b.python, b.key, b.user) == (sys.executable, None, getpass.getuser())
+
+
+def test_a_local_board_needs_only_name_path_and_backend_and_a_bad_connection_is_named():
+    (b,) = parse_inventory({"boards": [{"name": "here", "connection": "local", "path": "/srv/b", "backend": "onnxruntime",
+                                        "python": "/opt/py/bin/python3"}]}, "inv.yml")
+    assert (b.local, b.python, b.host) == (True, "/opt/py/bin/python3", "localhost")
+    assert error({"name": "pi-1", "connection": "local", "backend": "onnxruntime"}) == (
+        "inv.yml: board 'pi-1': missing field(s) path")
+    assert error(board(connection="telnet")) == (
+        "inv.yml: board 'pi-1': field 'connection' must be one of ssh, local (got 'telnet')")
+    assert error(board(key=None)) == "inv.yml: board 'pi-1': missing field(s) key"
 
 
 def test_select_by_name_and_unknown_name_lists_the_boards():

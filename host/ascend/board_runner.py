@@ -86,7 +86,7 @@ class RemoteBoardShell:
         self.remote.put(local, remote)
 
     def get(self, remote: str, local: Path) -> None:
-        self.remote.sftp.get(remote, str(local))
+        self.remote.get(remote, local)
 
     def scratch(self) -> str:
         # Under the install path, not /tmp: /tmp is often RAM on these boards, and ATC needs the RAM.
