@@ -1,4 +1,4 @@
-"""The fixed KV slots of the graph (DESIGN.md §3): which slots hold which positions, the attention
+"""The fixed KV slots of the graph (docs/design.md §3): which slots hold which positions, the attention
 mask, the next position, and eviction that keeps the first `sink` tokens plus a recent window.
 
 Keys are stored already rotated, and attention is masked per slot, so slot order is irrelevant:

@@ -1,6 +1,6 @@
 """The bundle manifest: the one contract between host (writes it) and board (reads it).
 
-A bundle is a directory holding `manifest.json` plus the files it lists (see DESIGN.md §2).
+A bundle is a directory holding `manifest.json` plus the files it lists (see docs/design.md §2).
 This module defines the manifest's typed form, reads and validates it, checks every file's
 sha256, and writes it. It needs only the standard library, so the board can always import it.
 """
@@ -17,26 +17,7 @@ from typing import Any, Literal, get_args
 
 from board.ortneeds import version_tuple
 
-# Version 1: first layout (DESIGN.md §2-§3): logits for every new position, KV [L,2,1,Hkv,KV,D].
-# 2: the model's Jinja chat template and stop ids (chat_template.jinja/.source/.special_tokens, tokens.stop_ids);
-# a board that knows only 1 would render the built-in rules instead, so it must refuse, not guess.
-# 3: the same signature, but an onnxruntime W8A8 graph may hold contrib operators (quantization dialect
-# "nbits8": com.microsoft MatMulNBits, host/nbits.py) that a board reading 2 would not expect.
-# 4: graph.cache "inplace" (host/gqa.py): onnxruntime's GroupQueryAttention updates one KV buffer per layer
-# in place and attends over a prefix of slots; a board reading 3 would bind the §3 signature and fail.
-# Also graph.max_positions: a board reading 3 would feed positions past the graph's rotary tables.
-# 5: graph.logits "index" (the inplace graph): an input logits_index [N] names the chunk rows that get
-# logits, so a prefill computes lm_head for its last row only; a board reading 4 would not bind it.
-# 6: graph.min_onnxruntime and graph.onnxruntime_ops, the lowest onnxruntime release that runs the graph and
-# each operator form in it (board/ortneeds.py, derived from the written ONNX): the board refuses before
-# loading, naming the op, the upgrade and the rebuild, where onnxruntime 1.19.2 (the newest for Python 3.9)
-# said only "Only 4b quantization is supported for MatMulNBits". A board reading 5 refuses a 6 bundle
-# (format_version; its Graph has no such fields), so it never loads a graph it cannot check; versions 1-5
-# load with both unset: requirement unknown, not checked.
-# 7: the slots graph's past_key_values / present_key_values are rank 4, [2L,Hkv,KV,D] / [2L,Hkv,S,D] (item
-# 2i: layer i's keys, 2i+1: its values), because ATC takes ND inputs of rank <= 4 with --dynamic_dims. The
-# board's cache stays [L,2,1,Hkv,KV,D] (the same bytes) and is reshaped to the graph's input shape; a board
-# reading 6 would feed a rank-6 cache. Versions 1-6 (rank 6) still load: the shape comes from graph.inputs.
+# What each version changed, why, and what an older board does: docs/bundle-format.md.
 FORMAT_VERSION = 7
 SUPPORTED_FORMAT_VERSIONS = (1, 2, 3, 4, 5, 6, 7)  # older versions load with the new fields at their defaults
 MANIFEST_NAME = "manifest.json"
@@ -81,7 +62,7 @@ class Graph:
     om_cann: str | None = None  # the CANN version ATC came from; the .om loads on that or a newer CANN
     opset: int = 17
     compute_dtype: str = "float32"  # activations, norms and attention ("float16": the Ascend default)
-    cache: str = "slots"  # "slots": DESIGN.md §3; "inplace": one past/present buffer per layer, a prefix (host/gqa.py)
+    cache: str = "slots"  # "slots": docs/design.md §3; "inplace": one past/present buffer per layer, a prefix (host/gqa.py)
     max_positions: int | None = None  # positions the graph rotates when fewer than the model's (capped rotary tables)
     min_onnxruntime: str | None = None  # lowest onnxruntime release that runs the graph; None: unknown (format < 6)
     onnxruntime_ops: dict = field(default_factory=dict)  # operator form in the graph -> lowest release that runs it

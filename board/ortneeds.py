@@ -15,13 +15,8 @@ from dataclasses import dataclass
 FLOOR = "1.15.1"  # the oldest release measured: a form at FLOOR ran on every release measured
 
 # Operator form -> the lowest onnxruntime release that loads and runs it correctly.
-# How it was measured (2026-12, x86_64 Linux, CPUExecutionProvider with the board's session options,
-# ORT_ENABLE_ALL; GroupQueryAttention with past and present bound to one buffer, as the board binds
-# them): one single-node graph per form, with the attributes and inputs host/ emits, run on PyPI's
-# onnxruntime 1.15.1, 1.16.0-1.16.3, 1.17.0, 1.17.3, 1.18.1, 1.19.2, 1.20.0, 1.20.1, 1.21.0, 1.21.1,
-# 1.22.0, 1.22.1, 1.23.2, 1.24.1, 1.25.0 and 1.32.0 against a numpy reference (max error < 1e-3 of the
-# largest output); then every bundle kind (stories260K and the tests' tiny Llama: nbits8, u8u8,
-# fp32, ascend) through board.engine, greedy ids and perplexity against 1.32.0 (README, Measured).
+# How it was measured (one single-node graph per form on 16 PyPI releases against a numpy reference,
+# then every bundle kind through board.engine): bench/RESULTS.md, "onnxruntime releases".
 # A contrib form missing here fails the build (host/ortneeds.py): measure it, then add it.
 OP_MIN_ORT = {
     "com.microsoft.MatMulNBits(bits=8)": "1.22.0",  # 1.17-1.21: "Only 4b quantization is supported"

@@ -1,6 +1,6 @@
 """What one release holds: a local bundle checked against the integrity rule, plus the board/ code.
 
-The rule (shared with the board, DESIGN.md §2): every file the board opens is a plain relative
+The rule (shared with the board, docs/design.md §2): every file the board opens is a plain relative
 name listed in the manifest's `files`, inside the bundle, and no symlink. The deployer checks
 it before anything is uploaded, so a bundle that breaks it never reaches a board.
 """

@@ -1,4 +1,4 @@
-"""Releases on a board (DESIGN.md §5): upload a payload, verify it there, switch `current`, roll back.
+"""Releases on a board (docs/design.md §5): upload a payload, verify it there, switch `current`, roll back.
 
 A release's id is derived from its content, so deploying the same bundle twice uploads
 nothing. Files whose sha256 already exists in an earlier release are hard-linked on the

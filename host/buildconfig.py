@@ -15,7 +15,7 @@ from host.errors import InputError
 Target = Literal["ort", "ascend"]
 KVDtype = Literal["fp32", "fp16"]
 # the W8A8 graph dialects each target runs (host/quantize.py), its default first: u8u8 (MatMulInteger)
-# prefills ~2x faster than nbits8 on x86 without VNNI, at a cost in quality (README, Measured); ATC
+# prefills ~2x faster than nbits8 on x86 without VNNI, at a cost in quality (bench/RESULTS.md); ATC
 # parses only plain operators (s8s8)
 TARGET_DIALECTS: dict[Target, tuple] = {"ort": ("nbits8", "u8u8"), "ascend": ("s8s8",)}
 TARGETS: dict[Target, Dialect] = {target: dialects[0] for target, dialects in TARGET_DIALECTS.items()}

@@ -1,4 +1,4 @@
-"""Bundle directory writing (DESIGN.md §2): stage in a sibling temp dir, swap into place at the end.
+"""Bundle directory writing (docs/design.md §2): stage in a sibling temp dir, swap into place at the end.
 
 A build writes every file into `.<name>.build-XXXX` beside the target; only when all of it
 succeeded (manifest last, with the sha256 of every other file) is the previous bundle moved

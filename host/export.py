@@ -1,4 +1,4 @@
-"""ONNX export of an EdgeLlama (float or W8A8) with the fixed-KV signature of DESIGN.md §3.
+"""ONNX export of an EdgeLlama (float or W8A8) with the fixed-KV signature of docs/design.md §3.
 
 Uses the TorchScript exporter (`dynamo=False`), which emits the opset asked for (the dynamo exporter
 emits 18 even when 17 is asked for, and ATC's parser documents ONNX 1.12-era opsets). The lowest

@@ -16,7 +16,7 @@ from host.errors import InputError
 class Family:
     architecture: str  # the transformers class, as config.json's "architectures" names it
     model_type: str  # config.json's "model_type"
-    examples: str  # models of the family people run on the board (README's table)
+    examples: str  # models of the family people run on the board (docs/build.md's table)
 
 
 FAMILIES = (

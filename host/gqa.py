@@ -11,8 +11,7 @@ present; slots [0, n) hold the n cached tokens in order, and the new tokens land
 onnxruntime's CPU kernel needs head_dim % 16 == 0 and a float32 cache; ATC parses no contrib
 domain, so the Ascend target keeps the plain graph. The rotation reads the model's contrib tables
 (host/rotary.py), so the graph holds the positions they hold. The fused norms take one node instead
-of two per norm, which onnxruntime's CPU optimizer does not do itself (README, Measured: SmolLM2's
-decode step 6.54 -> 6.28 ms).
+of two per norm, which onnxruntime's CPU optimizer does not do itself (bench/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -100,11 +99,11 @@ class InplaceCacheGraph(nn.Module):
     """The onnxruntime graph of an EdgeLlama with GroupQueryAttention: the manifest's graph.cache "inplace".
 
     forward(input_ids, attention_mask, position_ids, logits_index, k_0, v_0, k_1, ...) -> (logits, k_0', v_0', ...):
-    the masks and positions of DESIGN.md §3, but the cache is a prefix (attention_mask's cache bits
+    the masks and positions of docs/design.md §3, but the cache is a prefix (attention_mask's cache bits
     are 1 for slots [0, n) and 0 after), each layer's keys/values come back whole, and logits
     [1, N, V] only for the N chunk rows that logits_index [N] names (the manifest's graph.logits
     "index"): a chat prefill wants the last row, and lm_head over every row cost 7-19 % of a
-    64-token prefill (README, Measured).
+    64-token prefill (bench/RESULTS.md).
     """
 
     def __init__(self, model):

@@ -1,4 +1,4 @@
-"""An export-friendly Llama: the graph of DESIGN.md §3 over the weights of an HF LlamaForCausalLM.
+"""An export-friendly Llama: the graph of docs/design.md §3 over the weights of an HF LlamaForCausalLM.
 
 `EdgeLlama.from_hf(hf_model)` shares (does not copy) the Hugging Face modules: embedding,
 RMSNorm weights, and the seven nn.Linear projections of every layer plus `lm_head`. Those
@@ -283,8 +283,7 @@ def _cache_slabs(past: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     Each layer takes (copies: onnxruntime has no strided views) its contiguous slabs just before
     it uses them, so they are still in cache for the attention matmuls. Keys and values come from
     differently shaped views because onnxruntime fuses Gathers that take every slab of one tensor
-    into a single Split, which copies the whole cache up front (measured: ~2 ms more per token at
-    22 layers x 1024 slots).
+    into a single Split, which copies the whole cache up front.
     """
     return past, past.flatten(1)  # [2L,Hkv,KV,D], [2L,Hkv*KV*D]
 

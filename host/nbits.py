@@ -1,6 +1,6 @@
 """The `nbits8` W8A8 dialect (onnxruntime CPU): each linear is one contrib `MatMulNBits` node.
 
-The weights are the W8A8 integers of DESIGN.md §4 unchanged: int8 codes per output channel, stored
+The weights are the W8A8 integers of docs/design.md §4 unchanged: int8 codes per output channel, stored
 as codes + 128 (uint8, onnxruntime's default 8-bit zero point) in MatMulNBits' [N, blocks, block]
 layout, the channel's scale repeated for each block of input features (`block_for`: 128, 64 or 32;
 K zero-padded to whole blocks). With `accuracy_level` 4 onnxruntime quantizes the activation itself, to int8 per

@@ -1,4 +1,4 @@
-"""W8A8 quantization (DESIGN.md §4): int8 weights per output channel, int8 activations per token
+"""W8A8 quantization (docs/design.md §4): int8 weights per output channel, int8 activations per token
 (dynamic) or per tensor (static, from calibration), integer matmul rescaled to float.
 
 `W8A8Linear.from_float(linear, ...)` is the one way to swap an nn.Linear. Its forward computes

@@ -8,6 +8,14 @@ import pytest
 
 from tests.support.prebuilt import fixture_bundle
 
+DOUBLE_FIXTURES = {"fake_atc_env"}  # fixtures that stand in for CANN: their tests are marked cann_double
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if DOUBLE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cann_double)
+
 
 # --- bundles (owner: host pipeline) ---------------------------------------------------------
 # Complete bundles of a tiny random Llama, built once per test session by the real host

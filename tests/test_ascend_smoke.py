@@ -106,6 +106,7 @@ def smoke(tmp_path_factory):
     return env, out, p
 
 
+@pytest.mark.cann_double
 def test_every_step_runs_and_is_in_the_summary_and_the_archive(smoke):
     env, out, p = smoke
     assert p.returncode == 0, p.stderr[-3000:]
@@ -128,6 +129,7 @@ def test_every_step_runs_and_is_in_the_summary_and_the_archive(smoke):
     assert not any(n.startswith("smoke/bundles") for n in names)  # the compiled bundles stay on the board
 
 
+@pytest.mark.cann_double
 def test_a_failing_step_is_recorded_and_the_rest_still_run(smoke, tmp_path):
     env, out, _ = smoke
     bundle = out / "bundles" / "stories"

@@ -17,12 +17,14 @@ from board.sampling import GREEDY, SamplingConfig
 from tests.support.fake_acl import ACL_DEVICE, ACL_HOST, FakeAcl, write_fake_om
 from tests.support.prebuilt import fixture_bundle
 
+pytestmark = pytest.mark.cann_double
+
 PROMPT = "Once upon a time there was a little girl named lily"
 
 
 @pytest.fixture(scope="module")
 def om_bundle(tmp_path_factory):
-    """The tiny model built for the NPU (the DESIGN.md §3 graph, fp16 compute), with a stand-in .om."""
+    """The tiny model built for the NPU (the docs/design.md §3 graph, fp16 compute), with a stand-in .om."""
     return open_bundle(with_fake_om("tiny-ascend", tmp_path_factory))
 
 

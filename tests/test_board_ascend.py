@@ -16,6 +16,7 @@ DATA = Path(__file__).resolve().parent / "data" / "ascend"
 
 
 @pytest.mark.parametrize("recorded, chip", [("npu-smi-23.0.rc3.txt", "Ascend310B4"), ("npu-smi-24.1.rc2.txt", "Ascend310B")])
+@pytest.mark.cann_double
 def test_npu_smi_of_both_driver_generations_names_the_chip(recorded, chip):
     assert ascend.chip_from_npu_smi((DATA / recorded).read_text()) == chip
     assert ascend.chip_from_npu_smi("| 0  Ascend310B4  | OK |") == "Ascend310B4"
@@ -30,6 +31,7 @@ def fake_npu_smi(tmp_path: Path, recorded: str) -> str:
     return str(bin_dir)
 
 
+@pytest.mark.cann_double
 def test_detect_chip_asks_pyacl_first_and_falls_back_to_npu_smi(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", fake_npu_smi(tmp_path, "npu-smi-24.1.rc2.txt") + ":/usr/bin:/bin")
     monkeypatch.setitem(sys.modules, "acl", types.SimpleNamespace(get_soc_name=lambda: "Ascend310B4"))
@@ -40,6 +42,7 @@ def test_detect_chip_asks_pyacl_first_and_falls_back_to_npu_smi(tmp_path, monkey
     assert ascend.detect_chip()["source"] is None
 
 
+@pytest.mark.cann_double
 def test_chip_verdicts_for_both_driver_generations():
     old, new = ({"chip": ascend.chip_from_npu_smi((DATA / f).read_text()), "source": "npu-smi", "error": None}
                 for f in ("npu-smi-23.0.rc3.txt", "npu-smi-24.1.rc2.txt"))
@@ -61,6 +64,7 @@ def test_chip_verdicts_for_both_driver_generations():
     ("ascend_toolkit_install.info", "aarch64-linux/ascend_toolkit_install.info", "8.0.RC1"),
     ("version.cfg", "version.cfg", "7.0.RC1"),
 ])
+@pytest.mark.cann_double
 def test_toolkit_version_from_both_file_formats(tmp_path, recorded, where, version):
     home = tmp_path / "ascend-toolkit" / "latest"
     (home / where).parent.mkdir(parents=True, exist_ok=True)

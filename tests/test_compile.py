@@ -287,6 +287,7 @@ class StandInDockerClient:
         self.removed = True
 
 
+@pytest.mark.cann_double
 def test_docker_runner_mounts_the_bundle_and_installs_the_om(tmp_path):
     bundle = make_bundle(tmp_path)
     client = StandInDockerClient(toolkit_home=fake_toolkit(tmp_path, "8.0.0"))
@@ -301,6 +302,7 @@ def test_docker_runner_mounts_the_bundle_and_installs_the_om(tmp_path):
     assert load_manifest(bundle).files["model.om"].size == len((bundle / "model.om").read_bytes())
 
 
+@pytest.mark.cann_double
 def test_docker_runner_reports_a_missing_image_and_a_failed_atc(tmp_path):
     with pytest.raises(ToolMissing, match="make docker-build"):
         DockerRunner.connect("other:tag", client_factory=lambda: StandInDockerClient())

@@ -17,7 +17,7 @@ from host.__main__ import main
 from tests.support.compile_bundles import FAKE_BIN, install_fake_plugin, make_bundle, snapshot
 from tests.support.sshd import write_inventory
 
-pytestmark = pytest.mark.ssh
+pytestmark = [pytest.mark.ssh, pytest.mark.cann_double]
 
 
 @pytest.fixture

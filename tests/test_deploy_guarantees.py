@@ -1,4 +1,4 @@
-"""What `fab deploy` guarantees (README §2, reliability), each against a real sshd on 127.0.0.1.
+"""What `fab deploy` guarantees (docs/deploy.md), each against a real sshd on 127.0.0.1.
 
 Integrity rule before upload, no symlinks, escaped manifest strings, one deploy at a time,
 the board's own check before the switch, and a Ctrl-C that says whether `current` moved.

@@ -67,6 +67,7 @@ def test_cann_image_builds_the_plugin_and_installs_the_310b_kernels():
     assert DEFAULT_IMAGE in text  # the build command in its header makes the tag the runner expects
 
 
+@pytest.mark.cann_double
 def test_plugin_source_compiles_against_the_documented_api():
     """g++ -fsyntax-only against stand-in headers (tests/data/ascend/standin-headers, TEST ONLY) that
     declare no GetInputsSize: a plugin that called it would not compile here."""

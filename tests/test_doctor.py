@@ -111,6 +111,7 @@ def fake_ascend(tmp_path):
     return make_fake_ascend(tmp_path / "Ascend", "npu-smi-23.0.rc3.txt", "version.cfg", "version.cfg")
 
 
+@pytest.mark.cann_double
 def test_cann_and_npu_are_found_through_the_environment_script_and_soc_mismatch_warns(sshd, tmp_path, fake_ascend):
     board = tmp_path / "b"
     inventory = write_inventory(tmp_path / "inv.yml", sshd.board(board, soc="Ascend310B1",
@@ -138,6 +139,7 @@ def test_cann_and_npu_are_found_through_the_environment_script_and_soc_mismatch_
     assert r.returncode == 0, r.stdout
 
 
+@pytest.mark.cann_double
 def test_bundle_compiled_for_the_other_chip_fails_the_npu_check(sshd, tmp_path, fake_ascend):
     bundle = synthetic_bundle(tmp_path / "bundle")
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -151,6 +153,7 @@ def test_bundle_compiled_for_the_other_chip_fails_the_npu_check(sshd, tmp_path, 
         "-> fix: recompile: python -m host compile --bundle DIR --soc Ascend310B4")
 
 
+@pytest.mark.cann_double
 def test_newer_driver_and_an_om_from_a_newer_cann_than_the_board_has(sshd, tmp_path):
     ascend_root = make_fake_ascend(tmp_path / "Ascend", "npu-smi-24.1.rc2.txt", "ascend_toolkit_install.info",
                                    "aarch64-linux/ascend_toolkit_install.info")

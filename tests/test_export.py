@@ -1,4 +1,4 @@
-"""host.export: the ONNX graph has the DESIGN §3 signature, a dynamic S, opset 17, and computes what torch computes."""
+"""host.export: the ONNX graph has the docs/design.md §3 signature, a dynamic S, opset 17, and computes what torch computes."""
 from __future__ import annotations
 
 import numpy as np

@@ -76,7 +76,7 @@ class AclBackend(Backend):
     def __init__(self, om_path: Path, graph: Graph, device_id: int = 0):
         if graph.cache != "slots":
             raise BundleError(f"{om_path}: graph.cache {graph.cache!r} is onnxruntime's GroupQueryAttention layout; "
-                              "the NPU runs the DESIGN.md §3 graph: rebuild with --target ascend")
+                              "the NPU runs the docs/design.md §3 graph: rebuild with --target ascend")
         from board.backends import acl_import_error
 
         problem = acl_import_error()  # the module's own error, not a generic "install CANN"
@@ -126,7 +126,7 @@ class AclBackend(Backend):
         names = [b.name for b in self._inputs]
         missing = [n for n in INPUT_NAMES if n not in names]
         if missing:
-            raise BundleError(f"{om_path}: model inputs {names} lack {missing} (DESIGN.md §3); recompile the bundle")
+            raise BundleError(f"{om_path}: model inputs {names} lack {missing} (docs/design.md §3); recompile the bundle")
         self._in_index = [names.index(n) for n in INPUT_NAMES]
         self._dynamic_index = None
         if DYNAMIC_INPUT in names:

@@ -1,11 +1,11 @@
-"""The one interface every backend implements: a single forward step of the graph (DESIGN.md §3)."""
+"""The one interface every backend implements: a single forward step of the graph (docs/design.md §3)."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
 import numpy as np
 
-# DESIGN.md §3 names; the board checks the loaded graph against them.
+# docs/design.md §3 names; the board checks the loaded graph against them.
 INPUT_NAMES = ("input_ids", "attention_mask", "position_ids", "past_key_values")
 OUTPUT_NAMES = ("logits", "present_key_values")
 LOGITS_INDEX = "logits_index"  # graph.logits "index": int64 [N], the chunk rows to compute logits for

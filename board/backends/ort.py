@@ -72,7 +72,7 @@ class OrtBackend(Backend):
         self._names = io_names(graph)
         missing = [n for n in self._names[0] if n not in names] + [n for n in self._names[1] if n not in outs]
         if missing:
-            raise BundleError(f"{onnx_path}: graph lacks {', '.join(missing)} (DESIGN.md §3); rebuild the bundle")
+            raise BundleError(f"{onnx_path}: graph lacks {', '.join(missing)} (docs/design.md §3); rebuild the bundle")
         self.path = onnx_path
         self.graph = graph
         self.vocab_size = vocab_size

@@ -3,5 +3,5 @@
 Standard library only (Python >= 3.8), no shell: every path arrives inside one JSON argument,
 so nothing from the inventory or the user is ever interpreted by a shell. Each operation
 prints one JSON line. `files` holds the shared helpers and the entry point, `store` the
-release store (DESIGN.md §5), `probe` what the doctor and setup ask about the board.
+release store (docs/design.md §5), `probe` what the doctor and setup ask about the board.
 """

@@ -1,4 +1,4 @@
-"""Board side: the release store (DESIGN.md §5) and the deploy lock.
+"""Board side: the release store (docs/design.md §5) and the deploy lock.
 
 Layout: <root>/releases/<id>/ and <root>/current -> releases/<id>; a release being uploaded
 lives in releases/.incoming-<id>-<random> until it is verified. One deploy at a time holds

@@ -21,7 +21,7 @@ def tiny_llm_onnx(
     extra_nodes=(),
     opset=17,
 ) -> Path:
-    """A small valid ONNX graph with DESIGN.md §3's inputs/outputs and one W8A8 matmul.
+    """A small valid ONNX graph with docs/design.md §3's inputs/outputs and one W8A8 matmul.
 
     dialect: "s8s8" (int8 x int8, no zero points), "s8s8_zp0" (explicit zero zero-points),
     "u8u8" (uint8 with zero point 128: the onnxruntime dialect), or "fp" (plain MatMul).

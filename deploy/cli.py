@@ -1,0 +1,15 @@
+"""`edge-llm-fab`: Fabric's own CLI bound to deploy/tasks.py, so the tasks run from any directory."""
+from __future__ import annotations
+
+import fabric
+from fabric import Config, Executor
+from fabric.main import Fab
+from invoke import Collection
+
+from deploy import tasks
+
+
+def main() -> None:
+    """Run `edge-llm-fab [options] TASK ...` as `fab` would in a checkout."""
+    Fab(name="edge-llm-fab", version=fabric, executor_class=Executor, config_class=Config,
+        namespace=Collection.from_module(tasks)).run()

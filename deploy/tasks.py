@@ -1,0 +1,175 @@
+"""Fabric tasks: workstation -> boards. The boards are in inventory.yml (or $EDGE_LLM_INVENTORY).
+
+`fab TASK` in a checkout (fabfile.py imports these), `edge-llm-fab TASK` anywhere once installed.
+
+    fab deploy --bundle bundles/model [--board NAME]   upload, verify on the board, switch `current`
+    fab chat | generate --prompt TEXT | bench | status | rollback   [--board NAME]
+    fab setup [--wheels DIR] [--with-plugin] | doctor [--bundle DIR] [--json]   prepare / check boards
+    fab service install|start|stop|restart|status|logs [--port P] [--api-key-file F]   the OpenAI server
+    fab serve [--board NAME] [--port P] [--local-port L]   the server in the foreground, port forwarded here
+
+Each task acts on every board, or the one named; the work lives in the rest of the deploy/ package.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fabric import task
+from invoke.exceptions import Exit
+
+from board.manifest import BundleError
+from deploy.errors import DeployError
+from deploy import board_cli, boardsetup, fleet, release
+from deploy import doctor as checkup
+from deploy.payload import collect
+from deploy import service as board_service
+from deploy.progress import Progress
+from deploy.status import board_status, status_line
+from deploy.text import shown
+
+
+def _bundle(path, what, verify=True):
+    """The local bundle with board/ code; a corrupt one ends the task with one line."""
+    try:
+        return collect(path, verify=verify)
+    except BundleError as e:
+        raise Exit(shown(f"{what}: {e}"), code=2) from None
+
+
+def _count(value, option: str, task: str) -> int:
+    """A whole-number option; anything else ends the task with one line and status 2."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1:
+        raise Exit(f"{task}: --{option} must be a whole number >= 1, not {value!r}", code=2)
+    return number
+
+
+@task(help={"bundle": "bundle directory (from `python -m host build`)", "board": "only this board",
+            "no_reuse": "upload every file even when the board already has it"})
+def deploy(c, bundle, board=None, no_reuse=False):
+    """Upload a bundle and board/ code, verify every sha256 on the board, switch `current`."""
+    chosen = fleet.boards(board)
+    payload = _bundle(bundle, "refusing to deploy")
+
+    def one(remote):
+        report = release.deploy(remote, payload, Progress(remote.board.name), reuse=not no_reuse)
+        print(report.line(remote.board.name), flush=True)
+        restarted = board_service.after_deploy(remote, report.release_id, report.previous)  # None: no service
+        if restarted:
+            print(restarted)
+
+    fleet.on_each(chosen, one, "deploy")
+
+
+@task(help={"board": "only this board"})
+def rollback(c, board=None):
+    """Make the previously deployed release current again."""
+    fleet.on_each(fleet.boards(board), lambda remote: print(release.rollback(remote)), "rollback")
+
+
+@task(help={"board": "only this board", "json": "one JSON object per board"})
+def status(c, board=None, json_=False):
+    """Current release, its bundle and model, free memory and disk."""
+
+    def one(remote):
+        s = board_status(remote)
+        print(json.dumps(s) if json_ else status_line(s))
+
+    fleet.on_each(fleet.boards(board), one, "status")
+
+
+@task(help={"prompt": "the prompt", "max_new_tokens": "tokens to generate", "greedy": "greedy decoding",
+            "board": "only this board"})
+def generate(c, prompt, max_new_tokens="64", greedy=False, board=None):  # str: checked by _count, one line
+    """Generate once from a prompt on the board's current release and print the text."""
+    count = _count(max_new_tokens, "max-new-tokens", "generate")
+    chosen = fleet.boards(board)
+
+    def one(remote):
+        if len(chosen) == 1:  # one board: stream the text as the board produces it
+            board_cli.generate(remote, prompt, count, greedy, stream=True)
+        else:
+            print(f"[{remote.board.name}] {board_cli.generate(remote, prompt, count, greedy)}", end="")
+
+    fleet.on_each(chosen, one, "generate")
+
+
+@task(help={"prompt_tokens": "prompt length", "new_tokens": "tokens to generate", "board": "only this board"})
+def bench(c, prompt_tokens="64", new_tokens="64", board=None):
+    """Run the board's benchmark; one JSON line per board."""
+    prompt, new = _count(prompt_tokens, "prompt-tokens", "bench"), _count(new_tokens, "new-tokens", "bench")
+    fleet.on_each(fleet.boards(board), lambda remote: print(json.dumps(board_cli.bench(remote, prompt, new))), "bench")
+
+
+@task(help={"board": "the board to talk to (needed when the inventory has several)"})
+def chat(c, board=None):
+    """Interactive chat with the board's current release (Ctrl-D to quit)."""
+    results = fleet.on_each([fleet.one_board(board, "chat")], board_cli.chat, "chat")
+    code = next(iter(results.values()))
+    if code != 0:
+        raise Exit(code=code)
+
+
+@task(help={"board": "only this board", "bundle": "compare memory and disk with this bundle (default: the current release)",
+            "json": "one JSON object per board"})
+def doctor(c, board=None, bundle=None, json_=False):
+    """Read-only checks: can each board run the bundle? One line per check, with the fix."""
+    payload = _bundle(bundle, "doctor", verify=False) if bundle else None
+    found = fleet.run(fleet.boards(board), lambda remote: checkup.examine(remote, payload), "doctor")
+    results = [(b, checkup.unreachable(value) if isinstance(value, DeployError) else value) for b, value in found.items()]
+    for b, checks in results:
+        if json_:
+            print(json.dumps(checkup.report_json(b, checks)))
+        else:
+            print("\n".join(checkup.report_lines(b, checks)))
+    if not all(checkup.ready(checks) for _, checks in results):
+        raise Exit(code=1)
+
+
+@task(help={"board": "only this board", "wheels": "directory of wheels to install from, offline (pip --no-index)",
+            "with_plugin": "build and install the custom op plugin from docker/plugin/ (needs CANN on the board)",
+            "system_site_packages": "let the venv see the board python's own packages"})
+def setup(c, board=None, wheels=None, with_plugin=False, system_site_packages=False):
+    """Make boards ready: install path, venv with board/requirements.txt, CANN env.sh, plugin. Idempotent."""
+
+    def one(remote):
+        steps = boardsetup.setup(remote, wheels and Path(wheels), with_plugin, system_site_packages)
+        print("\n".join(boardsetup.setup_lines(remote.board.name, steps)))
+
+    fleet.on_each(fleet.boards(board), one, "setup")
+
+
+SERVICE_ACTIONS = ("install", "start", "stop", "restart", "status", "logs")
+
+
+@task(help={"action": "|".join(SERVICE_ACTIONS), "port": "port the server listens on (install; default 8080)",
+            "host": "address to listen on (install; 0.0.0.0 for the network: give a key)",
+            "api_key_file": "local file holding the API key clients must send (install)",
+            "board": "only this board", "lines": "log lines to show (logs)"})
+def service(c, action, port=8080, host="127.0.0.1", api_key_file=None, board=None, lines=50):
+    """Run `python -m board serve` as a systemd service (fallback: a background process) on each board."""
+    if action not in SERVICE_ACTIONS:
+        raise Exit(f"service: unknown action {action!r}; use one of {', '.join(SERVICE_ACTIONS)}", code=2)
+    key = Path(api_key_file) if api_key_file else None
+    if key and not key.is_file():
+        raise Exit(f"service: --api-key-file {key} does not exist; write the key into a file first", code=2)
+    opts = board_service.ServiceOptions(port=int(port), host=host)
+    do = {"install": lambda r: "\n".join(board_service.install(r, opts, key)),
+          "status": board_service.status, "logs": lambda r: board_service.logs(r, int(lines))}
+    act = do.get(action, lambda r: board_service.control(r, action))
+    fleet.on_each(fleet.boards(board), lambda remote: print(act(remote)), f"service {action}")
+
+
+@task(help={"board": "the board (needed when the inventory has several)", "port": "port on the board",
+            "local_port": "port on this machine (default: the same)"})
+def serve(c, board=None, port=8080, local_port=None):
+    """Run the board's server in the foreground and forward its port here (Ctrl-C stops)."""
+    results = fleet.on_each([fleet.one_board(board, "serve")],
+                            lambda remote: board_service.foreground(remote, int(port), int(local_port or port)), "serve")
+    code = next(iter(results.values()))
+    if code not in (0, 130):  # 130: stopped with Ctrl-C
+        raise Exit(code=code)
