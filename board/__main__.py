@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from board.backends import BACKENDS
 from board.bundle import Bundle, open_bundle
 from board.engine import DEFAULT_SINK, Engine
 from board.errors import BoardError
@@ -20,7 +21,7 @@ from board.sampling import SamplingConfig
 def _add_bundle(p, runtime: bool = True) -> None:
     p.add_argument("--bundle", required=True, type=Path, help="bundle directory (holds manifest.json)")
     if runtime:
-        p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "acl"],
+        p.add_argument("--backend", default="auto", choices=BACKENDS,
                        help="auto: acl when the bundle has model.om and pyACL imports, else onnxruntime")
         p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
         p.add_argument("--no-spin", action="store_true",

@@ -40,7 +40,7 @@ OP_MIN_ORT = {
 # change the first, never the second.
 DIALECT_OPS = {"nbits8": "com.microsoft.MatMulNBits(bits=8)", "u8u8": "MatMulInteger(uint8)",
                "s8s8": "MatMulInteger(int8)"}
-ORT_DIALECTS = ("nbits8", "u8u8")  # host/buildconfig.py TARGET_DIALECTS["ort"], the default first
+ORT_DIALECTS = ("nbits8", "u8u8")  # the dialects --target ort writes (host/buildconfig.py), the default first
 INPLACE_CACHE_OPS = ("com.microsoft.GroupQueryAttention(position_ids)", "com.microsoft.SkipSimplifiedLayerNormalization")
 ORT_TARGET_OPS = ("com.microsoft.RotaryEmbedding(num_heads)", "ai.onnx opset 17", "ir_version 8")
 

@@ -1,4 +1,4 @@
-"""The deployer behind fabfile.py: workstation -> boards over SSH (docs/design.md §5).
+"""The deployer behind the Fabric tasks (tasks.py): workstation -> boards over SSH or locally (docs/design.md §5).
 
 inventory (boards) -> ssh (connections) -> remote (commands, board-side operations, uploads,
 lock) -> onboard/ (the board-side half, stdlib only) -> release (deploy, rollback) /

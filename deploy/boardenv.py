@@ -79,6 +79,13 @@ def pins(path: Path, python: tuple) -> dict:
     return out
 
 
+def runtime_modules(backend: str) -> list:
+    """What the board's python must import to run a release: the packages of its requirements file
+    but onnxruntime (their import names are their names), then the backend's own module."""
+    names = [Requirement(line).name for line in requirement_lines(REQUIREMENTS[backend])]
+    return [n for n in dict.fromkeys(names) if n != "onnxruntime"] + [backend]
+
+
 @dataclass(frozen=True)
 class RequirementSet:
     """What one board gets: a requirements file read for the board's Python, and its lock."""

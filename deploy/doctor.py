@@ -14,7 +14,7 @@ from pathlib import Path
 
 from board import ascend
 from board.ortneeds import OP_MIN_ORT, ORT_TARGET_OPS, onnxruntime_shortfall, recommended_options
-from deploy.boardenv import PYTHONS, cann_candidates, cann_fit, download_command, requirement_set
+from deploy.boardenv import PYTHONS, cann_candidates, cann_fit, download_command, requirement_set, runtime_modules
 from deploy.errors import DeployError
 from deploy.inventory import Board
 from deploy.remote import Remote
@@ -22,7 +22,7 @@ from deploy.text import human_bytes, shown
 
 MIN_PYTHON = PYTHONS[0]  # the oldest the requirement sets cover: pyproject.toml's requires-python
 ASCEND_SOURCE = Path(ascend.__file__).read_text()  # run on the board, prints its Ascend facts
-MODULES = ("numpy", "tokenizers", "onnxruntime", "acl")
+MODULES = tuple(dict.fromkeys(runtime_modules("onnxruntime") + ["acl"]))  # what either backend imports
 SETUP = "fab setup --board {board}"
 
 
@@ -50,7 +50,7 @@ class Needs:
 
 def _modules(board: Board, probe: dict, rset) -> list:
     pinned = rset.pins if rset else {}
-    required = {"numpy", "tokenizers", "onnxruntime" if board.backend == "onnxruntime" else "acl"}
+    required = set(runtime_modules(board.backend))
     checks = []
     for name in MODULES:
         found = probe["modules"][name]

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import yaml
 
+from board import backends as board_backends
 from board.ascend import SOCS, soc_hint
 from deploy.errors import InventoryError
 
 DEFAULT_INVENTORY = Path(__file__).resolve().parents[1] / "inventory.yml"
-BACKENDS = ("acl", "onnxruntime")
+BACKENDS = tuple(b for b in board_backends.BACKENDS if b != "auto")  # a board names the one it runs
 CONNECTIONS = ("ssh", "local")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

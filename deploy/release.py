@@ -13,6 +13,7 @@ from pathlib import PurePosixPath
 
 from board.ortneeds import onnxruntime_shortfall
 from deploy import board_cli
+from deploy.boardenv import runtime_modules
 from deploy.errors import BoardRefused, DeployError, Interrupted
 from deploy.interrupts import Interrupts
 from deploy.payload import Payload
@@ -42,11 +43,6 @@ class DeployReport:
 def switched(release_id: str, previous: str | None) -> str:
     was = f" (was {previous})" if previous and previous != release_id else ""
     return f"current -> {release_id}{was}"
-
-
-def _modules(remote: Remote) -> list:
-    """What the board's python must import to run a release with the board's backend."""
-    return ["numpy", "tokenizers", "acl" if remote.board.backend == "acl" else "onnxruntime"]
 
 
 def check_onnxruntime(remote: Remote, manifest) -> None:
@@ -205,7 +201,7 @@ class _Deploy:
     def activate(self, incoming: str | None, report: DeployReport, release: str | None = None) -> DeployReport:
         """The board's own check of the release, then the switch; a Ctrl-C during the switch is reported after it."""
         try:
-            board_cli.verify(self.remote, release or incoming, _modules(self.remote))
+            board_cli.verify(self.remote, release or incoming, runtime_modules(self.remote.board.backend))
         except DeployError as e:
             self.discard()
             raise DeployError(self.name, f"{e.detail}; {self.unchanged}", e.fix) from None

@@ -67,7 +67,7 @@ class ServiceOptions:
 
 
 def serve_argv(root: str, opts: ServiceOptions) -> list[str]:
-    """`python -m board serve` arguments for the current release."""
+    """`python -m board serve` arguments for the current release (the service, and `fab serve` in the foreground)."""
     argv = ["-B", "-m", "board", "serve", "--bundle", f"{root}/current", "--host", opts.host, "--port", str(opts.port)]
     return argv + (["--api-key-file", f"{root}/api-key"] if opts.api_key else [])
 
@@ -273,9 +273,9 @@ def foreground(remote: Remote, port: int, local_port: int) -> int:
     _need_release(remote)
     _ensure_deps(remote)
     current = remote.path("current")
-    argv = ["-B", "-m", "board", "serve", "--bundle", current, "--port", str(port)]
-    running = remote.conn.run(remote.command(argv, python=True, cwd=current), pty=True, warn=True, asynchronous=True)
     opts, deadline = ServiceOptions(port=port, runner="foreground"), time.monotonic() + HEALTH_TIMEOUT
+    running = remote.conn.run(remote.command(serve_argv(remote.root, opts), python=True, cwd=current), pty=True,
+                              warn=True, asynchronous=True)
     ok, answer = health(remote, opts, 2)
     while not ok:
         if running.runner.process_is_finished or time.monotonic() > deadline:

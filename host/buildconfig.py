@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from board.manifest import ACT_SCHEMES, CHAT_TEMPLATES, DIALECTS, QUANT_SCHEMES, ActScheme, Dialect, QuantScheme
-from board.ortneeds import DIALECT_OPS, OP_MIN_ORT, ORT_TARGET_OPS, runs, version_tuple
+from board.ortneeds import DIALECT_OPS, OP_MIN_ORT, ORT_DIALECTS, ORT_TARGET_OPS, runs, version_tuple
 from host.errors import InputError
 
 Target = Literal["ort", "ascend"]
@@ -17,7 +17,7 @@ KVDtype = Literal["fp32", "fp16"]
 # the W8A8 graph dialects each target runs (host/quantize.py), its default first: u8u8 (MatMulInteger)
 # prefills ~2x faster than nbits8 on x86 without VNNI, at a cost in quality (bench/RESULTS.md); ATC
 # parses only plain operators (s8s8)
-TARGET_DIALECTS: dict[Target, tuple] = {"ort": ("nbits8", "u8u8"), "ascend": ("s8s8",)}
+TARGET_DIALECTS: dict[Target, tuple] = {"ort": ORT_DIALECTS, "ascend": ("s8s8",)}
 TARGETS: dict[Target, Dialect] = {target: dialects[0] for target, dialects in TARGET_DIALECTS.items()}
 # onnxruntime's MatMulNBits (nbits8) quantizes activations itself, at run time: static scales need u8u8
 STATIC_DIALECTS: dict[Target, Dialect] = {"ort": "u8u8", "ascend": "s8s8"}

@@ -36,7 +36,7 @@ def test_minimal_board_gets_the_documented_defaults():
     ({"host": None}, "inv.yml: board 'pi-1': missing field(s) host"),
     ({"port": "22x"}, "inv.yml: board 'pi-1': field 'port' must be an integer 1-65535 (got '22x')"),
     ({"port": 70000}, "inv.yml: board 'pi-1': field 'port' must be an integer 1-65535 (got 70000)"),
-    ({"backend": "cuda"}, "inv.yml: board 'pi-1': field 'backend' must be one of acl, onnxruntime (got 'cuda')"),
+    ({"backend": "cuda"}, "inv.yml: board 'pi-1': field 'backend' must be one of onnxruntime, acl (got 'cuda')"),
     ({"soc": "Ascend910"}, "inv.yml: board 'pi-1': field 'soc' must be one of Ascend310B1, Ascend310B2, Ascend310B3, Ascend310B4 (20T boards are Ascend310B1, 8T boards are Ascend310B4) (got 'Ascend910')"),
     ({"path": "edge-llm"}, "inv.yml: board 'pi-1': field 'path' must be absolute or start with ~/ (e.g. /home/HwHiAiUser/edge-llm) (got 'edge-llm')"),
     ({"trust_new_host": "yes please"}, "inv.yml: board 'pi-1': field 'trust_new_host' must be true or false (got 'yes please')"),

@@ -1,6 +1,7 @@
 """The wheel built from this checkout installs and runs its CLIs from outside the checkout."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -14,8 +15,10 @@ def _run(argv, cwd, **kw) -> subprocess.CompletedProcess:
 
 
 def test_the_wheel_holds_every_package_and_its_clis_run_from_a_fresh_venv(tmp_path):
-    wheels = tmp_path / "wheels"
-    built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels, ROOT],
+    source, wheels = tmp_path / "source", tmp_path / "wheels"  # a copy: setuptools writes build/ into the tree
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv*", ".git", "bundles", "build", "__pycache__",
+                                                                "*.egg-info", ".pytest_cache"))
+    built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels, source],
                  cwd=tmp_path)
     assert built.returncode == 0, built.stderr
     (wheel,) = wheels.glob("edge_llm-*.whl")

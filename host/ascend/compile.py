@@ -65,8 +65,9 @@ def command_for(config: CompileConfig, manifest: Manifest, runner: Runner | None
     return derive_atc_command(manifest, config.soc, model, output, config.precision_mode, compile_machine=machine)
 
 
-def compile_bundle(config: CompileConfig, runner: Runner | None = None, log=sys.stderr) -> dict:
-    """Check, compile and install model.om; returns what was done, for JSON output."""
+def compile_bundle(config: CompileConfig, runner: Runner | None = None, log=None) -> dict:
+    """Check, compile and install model.om; returns what was done, for JSON output (log: default stderr)."""
+    log = log or sys.stderr  # looked up per call: a default bound at import outlives a replaced stderr
     bundle = Path(config.bundle)
     manifest, report = prepare(config)  # bad bundles and ops fail before any tool is touched
     if not report.ok:
