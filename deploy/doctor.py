@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from board import ascend
+from board.backends import acl_fix
 from board.ortneeds import OP_MIN_ORT, ORT_TARGET_OPS, onnxruntime_shortfall, recommended_options
 from deploy.boardenv import PYTHONS, cann_candidates, cann_fit, download_command, requirement_set, runtime_modules
 from deploy.errors import DeployError
@@ -64,10 +65,10 @@ def _modules(board: Board, probe: dict, rset) -> list:
                 checks.append(Check(name, "ok", version))
         elif name in required:
             fix = SETUP.format(board=board.name)
-            if name == "acl" and "numpy" not in found["error"].lower():
+            if name == "acl" and "No module named 'acl'" in found["error"]:
                 fix = "install CANN (pyACL comes with it) and make sure set_env.sh is sourced"
-            elif name == "acl":  # a pyACL built against numpy 1 under numpy 2: the acl set pins numpy < 2
-                fix = f"pyACL needs numpy < 2: {fix} installs board/requirements-acl.txt's numpy"
+            elif name == "acl":
+                fix = acl_fix(found["error"])
             checks.append(Check(name, "fail", f"{label} not importable ({found['error']})", fix))
         else:
             checks.append(Check(name, "absent", f"{label} not importable; not needed for backend {board.backend}"))

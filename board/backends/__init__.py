@@ -17,8 +17,7 @@ CANN_HINT = (
 
 
 def acl_import_error() -> str | None:
-    """None when pyACL imports; else why not, with the fix: CANN_HINT when there is no `acl` module,
-    the module's own error when there is one that fails (a wrong numpy, CANN libraries off the path)."""
+    """None when pyACL imports; else why not, with the fix (`acl_fix`)."""
     try:
         importlib.import_module("acl")
     except ModuleNotFoundError as e:
@@ -30,14 +29,17 @@ def acl_import_error() -> str | None:
     else:
         return None
     text = f"{type(error).__name__}: {error}"
+    return f"pyACL (python module `acl`) is installed but does not import ({text}): {acl_fix(text)}"
+
+
+def acl_fix(text: str) -> str:
+    """The fix for a pyACL that exists but fails to import with `text` (also what `fab doctor` tells a board)."""
     if "numpy" in text.lower() or "_ARRAY_API" in text:
-        fix = ("pyACL is built against numpy 1: install numpy<2 in the board's python (`fab setup` installs "
-               "board/requirements-acl.txt on boards with backend acl)")
-    elif ".so" in text:
-        fix = "CANN's libraries are not on the library path: source set_env.sh first (`fab setup` writes env.sh for it)"
-    else:
-        fix = "check the CANN installation (its set_env.sh, and the Python it supports)"
-    return f"pyACL (python module `acl`) is installed but does not import ({text}): {fix}"
+        return ("pyACL is built against numpy 1: install numpy<2 in the board's python (`fab setup` installs "
+                "board/requirements-acl.txt on boards with backend acl)")
+    if ".so" in text:
+        return "CANN's libraries are not on the library path: source set_env.sh first (`fab setup` writes env.sh for it)"
+    return "check the CANN installation (its set_env.sh, and the Python it supports)"
 
 
 def choose_backend(bundle: Bundle, requested: str = "auto") -> str:
