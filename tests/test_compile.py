@@ -301,6 +301,27 @@ def test_docker_runner_mounts_the_bundle_and_installs_the_om(tmp_path):
     assert load_manifest(bundle).files["model.om"].size == len((bundle / "model.om").read_bytes())
 
 
+def test_docker_runner_mounts_the_ascend_quant_copy_not_the_bundle(tmp_path):
+    bundle = make_bundle(tmp_path, opset=11)  # the --target ascend opset: AscendQuant replaces the Cast to int8
+    client = StandInDockerClient(toolkit_home=fake_toolkit(tmp_path, "8.0.0"))
+    runner = DockerRunner.connect("edge-llm/cann:8.0.0-310b", client_factory=lambda: client)
+    mounted = {}
+    run = client.containers.run
+
+    def run_and_look(image, command, volumes, **kw):  # the scratch copy is gone once compile_bundle returns
+        for host_dir, bind in volumes.items():
+            if bind["bind"] == "/bundle":
+                mounted["ops"] = [n.op_type for n in onnx.load(str(Path(host_dir) / "model.onnx")).graph.node]
+                mounted["dir"] = host_dir
+        return run(image, command, volumes, **kw)
+
+    client.containers.run = run_and_look
+    result = compile_bundle(CompileConfig(bundle, "Ascend310B1", runner="docker"), runner=runner)
+    assert result["int8"] == {"int8_op": "AscendQuant", "replaced": 1, "kept": 0, "note": ""}
+    assert mounted["dir"] != str(bundle.resolve()) and "AscendQuant" in mounted["ops"]
+    assert "AscendQuant" not in [n.op_type for n in onnx.load(str(bundle / "model.onnx")).graph.node]
+
+
 def test_docker_runner_reports_a_missing_image_and_a_failed_atc(tmp_path):
     with pytest.raises(ToolMissing, match="make docker-build"):
         DockerRunner.connect("other:tag", client_factory=lambda: StandInDockerClient())
@@ -398,6 +419,11 @@ def test_real_ascend_bundle_compiles_through_the_stand_in_atc(tmp_path, fake_atc
     m = load_manifest(bundle)
     assert m.graph.om == "model.om" and m.files["model.om"].sha256 == result["sha256"]
     assert {"model.onnx", "tokenizer.json", "report.json", "model.om"} <= set(m.files)
+    # ATC parsed AscendQuant in place of every activation Cast(to int8): one per integer matmul
+    ops = {n.op_type for n in onnx.load(str(bundle / "model.onnx")).graph.node}
+    matmuls = [n for n in onnx.load(str(bundle / "model.onnx")).graph.node if n.op_type == "MatMulInteger"]
+    assert result["int8"] == {"int8_op": "AscendQuant", "replaced": len(matmuls), "kept": 0, "note": ""}
+    assert "AscendQuant" in (bundle / "model.om").read_text().splitlines()[-1] and "AscendQuant" not in ops
 
 
 def test_a_failed_manifest_write_puts_the_previous_om_back(tmp_path, fake_atc_env, monkeypatch):
