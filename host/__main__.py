@@ -115,7 +115,7 @@ def _run_build(args) -> int:
 # --- compile (owner: Ascend compile step) ------------------------------------------------
 def _add_compile(sub) -> None:
     from board.ascend import soc_hint
-    from host.ascend.atc import DEFAULT_PRECISION, PRECISION_MODES
+    from host.ascend.atc import DEFAULT_IMPL_MODE, DEFAULT_PRECISION, IMPL_MODES, PRECISION_MODES
     from host.ascend.quantop import DEFAULT_INT8_OP, INT8_OPS
     from host.ascend.runners import DEFAULT_IMAGE, RUNNERS
 
@@ -128,6 +128,9 @@ def _add_compile(sub) -> None:
     p.add_argument("--precision-mode", choices=PRECISION_MODES, default=DEFAULT_PRECISION,
                    help="ATC --precision_mode_v2 (default: origin: the graph's own dtypes, fp16 compute in an "
                         "Ascend bundle; fp16/mixed_float16 would also narrow the int32 rescale of the integer matmuls)")
+    p.add_argument("--impl-mode", choices=IMPL_MODES, default=DEFAULT_IMPL_MODE,
+                   help="ATC --op_select_implmode: the high-precision fp16 kernels where an op has two (default), "
+                        "the faster ones, or none (no flag, for a CANN release without it)")
     p.add_argument("--image", default=DEFAULT_IMAGE, help="CANN image tag for --runner docker")
     p.add_argument("--int8-op", choices=INT8_OPS, default=DEFAULT_INT8_OP,
                    help="what quantizes activations in the graph ATC reads: AscendQuant(scale=1, offset=0) in "
@@ -148,7 +151,8 @@ def _run_compile(args) -> int:
     from host.ascend.compile import CompileConfig, command_for, compile_bundle, int8_line, prepare
 
     config = CompileConfig(bundle=Path(args.bundle), soc=args.soc, runner=args.runner,
-                           precision_mode=args.precision_mode, image=args.image, board=args.board, int8_op=args.int8_op)
+                           precision_mode=args.precision_mode, image=args.image, board=args.board, int8_op=args.int8_op,
+                           impl_mode=args.impl_mode)
     if args.check_only or args.dry_run:
         with tempfile.TemporaryDirectory(prefix="edge-llm-atc-") as tmp:
             prepared = prepare(config, Path(tmp))

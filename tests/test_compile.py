@@ -46,9 +46,14 @@ def test_tinyllama_command_has_fixed_kv_and_one_gear_per_prefill_chunk():
         "--dynamic_dims=1,1025,1;16,1040,16;64,1088,64",
         "--soc_version=Ascend310B1",
         "--precision_mode_v2=origin",
+        "--op_select_implmode=high_precision",
         "--log=error",
     ]
     assert cmd.gears == [1, 16, 64]
+    fast = derive_atc_command(m, "Ascend310B1", "/b/model.onnx", "/w/model", impl_mode="high_performance")
+    assert "--op_select_implmode=high_performance" in fast.argv and fast.impl_mode == "high_performance"
+    bare = derive_atc_command(m, "Ascend310B1", "/b/model.onnx", "/w/model", impl_mode="none")
+    assert not any(a.startswith("--op_select_implmode") for a in bare.argv)
     assert "'--input_shape=input_ids:1,-1;" in cmd.shell()  # the semicolons are quoted for a shell
 
 
@@ -79,6 +84,8 @@ def test_unknown_precision_mode_and_shape_symbol_are_input_errors():
     m = make_manifest(5, 4, 8, 64, [1, 4])
     with pytest.raises(InputError, match="precision-mode"):
         derive_atc_command(m, "Ascend310B1", "m.onnx", "o", precision_mode="force_fp32")
+    with pytest.raises(InputError, match="impl-mode.*high_precision, high_performance, none"):
+        derive_atc_command(m, "Ascend310B1", "m.onnx", "o", impl_mode="fast")
     m.graph.inputs[1] = TensorSpec("attention_mask", "int64", [1, "KV+T"])
     with pytest.raises(InputError, match="unknown symbol 'T'"):
         derive_input_shapes(m)
@@ -205,6 +212,16 @@ def test_the_stand_in_atc_refuses_a_rank_6_input_with_dynamic_dims_as_atc_docume
     r = subprocess.run([str(FAKE_BIN / "atc"), *cmd.argv[1:]], capture_output=True, text=True)
     assert r.returncode != 0 and ("E10001: inputs ['past_key_values'] have more than 4 dims; --dynamic_dims "
                                   "supports ND inputs of rank <= 4") in r.stdout + r.stderr
+
+
+def test_the_stand_in_atc_takes_the_implmode_values_atc_lists(tmp_path, fake_atc_env):
+    bundle = make_bundle(tmp_path)
+    cmd = derive_atc_command(load_manifest(bundle), "Ascend310B1", str(bundle / "model.onnx"), str(tmp_path / "out"))
+    ok = subprocess.run([str(FAKE_BIN / "atc"), *cmd.argv[1:]], capture_output=True, text=True)
+    assert ok.returncode == 0 and "--op_select_implmode=high_precision" in (tmp_path / "out.om").read_text()
+    argv = [a.replace("high_precision", "high_performance ") for a in cmd.argv[1:]]  # the forum's stray space
+    bad = subprocess.run([str(FAKE_BIN / "atc"), *argv], capture_output=True, text=True)
+    assert bad.returncode == 1 and "Value [high_performance ] for parameter [--op_select_implmode] is invalid" in bad.stderr
 
 
 def test_unsupported_ops_stop_the_compile(tmp_path, fake_atc_env):

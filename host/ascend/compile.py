@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from board.manifest import BundleError, Manifest, load_manifest
-from host.ascend.atc import DEFAULT_PRECISION, AtcCommand, CompileError, derive_atc_command, resolve_soc
+from host.ascend.atc import DEFAULT_IMPL_MODE, DEFAULT_PRECISION, AtcCommand, CompileError, derive_atc_command, resolve_soc
 from host.ascend.install import OM_NAME, install_om
 from host.ascend.opcheck import OpReport, check_graph_inputs, check_model
 from host.ascend.quantop import DEFAULT_INT8_OP, QuantOpResult, write_for_atc
@@ -41,6 +41,7 @@ class CompileConfig:
     image: str = DEFAULT_IMAGE
     board: str | None = None
     int8_op: str = DEFAULT_INT8_OP  # what converts activations to int8 in the graph ATC gets (host/ascend/quantop.py)
+    impl_mode: str = DEFAULT_IMPL_MODE  # ATC --op_select_implmode (host/ascend/atc.py)
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,8 @@ def command_for(config: CompileConfig, prepared: Prepared, runner: Runner | None
     else:
         model, output = runner.paths(prepared.graph_dir, manifest.graph.onnx, workdir)
     machine = getattr(runner, "machine", None) or platform.machine()  # where ATC runs decides --host_env_*
-    return derive_atc_command(manifest, config.soc, model, output, config.precision_mode, compile_machine=machine)
+    return derive_atc_command(manifest, config.soc, model, output, config.precision_mode, compile_machine=machine,
+                              impl_mode=config.impl_mode)
 
 
 def compile_bundle(config: CompileConfig, runner: Runner | None = None, log=sys.stderr) -> dict:
