@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from board import ascend
 from board.ascend import BOARD_BY_SOC, SOCS, soc_hint
-from board.manifest import Manifest, TensorSpec
+from board.manifest import BundleError, Manifest, TensorSpec, dim_symbols
+from board.manifest import eval_dim as manifest_dim
 from host.errors import BuildError, InputError
 
 # --precision_mode_v2 values documented for the Atlas 200I/500 A2 (CANN 8.x). ATC's own
@@ -138,27 +139,12 @@ def resolve_soc(value: str) -> str:
     return soc
 
 
-def dim_symbols(manifest: Manifest) -> dict[str, int]:
-    """Symbol values a manifest shape may use, besides S (the chunk length)."""
-    a, g = manifest.arch, manifest.graph
-    return {"L": a.num_layers, "Hkv": a.num_kv_heads, "KV": g.kv_len, "D": a.head_dim, "V": a.vocab_size}
-
-
 def eval_dim(dim, symbols: dict[str, int], s: int) -> int:
-    """Value of one shape entry (an int, or a sum such as "KV+S") at chunk length s."""
-    if isinstance(dim, int):
-        return dim
-    total = 0
-    for term in str(dim).replace(" ", "").split("+"):
-        if term == "S":
-            total += s
-        elif term in symbols:
-            total += symbols[term]
-        elif term.lstrip("-").isdigit():
-            total += int(term)
-        else:
-            raise InputError(f"manifest shape entry {dim!r}: unknown symbol {term!r}; rebuild the bundle")
-    return total
+    """board.manifest.eval_dim, its error an InputError (a compile's bad input)."""
+    try:
+        return manifest_dim(dim, symbols, s)
+    except BundleError as e:
+        raise InputError(str(e)) from None
 
 
 def _shapes_per_gear(inputs: list[TensorSpec], symbols: dict, gears: list[int]) -> list[list[list[int]]]:
