@@ -336,6 +336,7 @@ def test_docker_runner_mounts_the_ascend_quant_copy_not_the_bundle(tmp_path):
     result = compile_bundle(CompileConfig(bundle, "Ascend310B1", runner="docker"), runner=runner)
     assert result["int8"] == {"int8_op": "AscendQuant", "replaced": 1, "kept": 0, "note": ""}
     assert mounted["dir"] != str(bundle.resolve()) and "AscendQuant" in mounted["ops"]
+    assert result["opcheck"]["model"] == f"{bundle / 'model.onnx'} (ATC's copy, with AscendQuant)"
     assert "AscendQuant" not in [n.op_type for n in onnx.load(str(bundle / "model.onnx")).graph.node]
 
 

@@ -65,7 +65,10 @@ def prepare(config: CompileConfig, scratch: Path) -> Prepared:
     resolve_soc(config.soc)  # a bad --soc fails before the (slower) op check
     check_graph_inputs(bundle / manifest.graph.onnx, manifest)
     graph_dir, int8 = write_for_atc(bundle / manifest.graph.onnx, Path(scratch) / "graph", config.int8_op)
-    return Prepared(manifest, check_model(graph_dir / manifest.graph.onnx), graph_dir, int8)
+    report = check_model(graph_dir / manifest.graph.onnx)
+    if graph_dir != bundle:  # name what the user has, not the scratch copy (gone after the compile)
+        report.model = f"{bundle / manifest.graph.onnx} (ATC's copy, with AscendQuant)"
+    return Prepared(manifest, report, graph_dir, int8)
 
 
 def command_for(config: CompileConfig, prepared: Prepared, runner: Runner | None, workdir: Path) -> AtcCommand:
