@@ -1,6 +1,8 @@
 """The Ascend compile step: check the graph, run ATC (local, Docker or board), put model.om in the bundle.
 
-The bundle changes only after ATC succeeded (host/ascend/install.py).
+The bundle changes only after ATC succeeded (host/ascend/install.py). ATC reads a scratch copy of the graph
+in which AscendQuant converts activations to int8 (host/ascend/quantop.py); the bundle's model.onnx stays the
+graph onnxruntime verified and runs.
 
 Cross-compiling: ATC builds for the OS/CPU it runs on unless --host_env_os/--host_env_cpu name those of
 the machine the .om will run on, when they differ from the compile machine's (CANN 8.0 ATC reference,

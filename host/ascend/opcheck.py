@@ -106,7 +106,7 @@ def iter_nodes(graph: onnx.GraphProto):
                     yield from iter_nodes(g)
 
 
-def _constant(model: onnx.ModelProto, name: str, base_dir: Path) -> np.ndarray | None:
+def constant_value(model: onnx.ModelProto, name: str, base_dir: Path) -> np.ndarray | None:
     """The value of `name` when it is an initializer or a Constant node's output, else None."""
     for t in model.graph.initializer:
         if t.name == name:
@@ -130,13 +130,13 @@ def _matmulinteger_problem(model: onnx.ModelProto, node: onnx.NodeProto, base_di
     for slot, name in enumerate(node.input[2:4], start=2):
         if not name:
             continue
-        zp = _constant(model, name, base_dir)
+        zp = constant_value(model, name, base_dir)
         if zp is None or np.any(zp != 0):
             value = "not a constant" if zp is None else f"{zp.ravel()[0]} ({zp.dtype})"
             return (f"node {node.name or node.output[0]}: zero point input {slot} ({name}) is {value}, not 0; "
                     "the Ascend plugin needs the s8s8 dialect (build with --target ascend)")
     for name in node.input[:2]:
-        t = _constant(model, name, base_dir) if name else None
+        t = constant_value(model, name, base_dir) if name else None
         if t is not None and t.dtype == np.uint8:
             return (f"node {node.name or node.output[0]}: uint8 operand {name} (u8u8 onnxruntime dialect); "
                     "the Ascend plugin needs the s8s8 dialect (build with --target ascend)")

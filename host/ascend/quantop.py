@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from host.ascend.opcheck import OpTable, _constant
+from host.ascend.opcheck import OpTable, constant_value
 from host.errors import InputError
 
 INT8_OPS = ("auto", "AscendQuant", "Cast")  # --int8-op: auto = AscendQuant where its opsets allow, else Cast
@@ -64,7 +64,7 @@ def already_integer(model: onnx.ModelProto, node: onnx.NodeProto, producers: dic
     round_node = producers.get(clip.input[0])
     if round_node is None or round_node.op_type != "Round":
         return False
-    bounds = [_constant(model, name, base_dir) for name in clip.input[1:3]]
+    bounds = [constant_value(model, name, base_dir) for name in clip.input[1:3]]
     return all(b is not None and b.size == 1 for b in bounds) and \
         INT8_MIN <= float(np.ravel(bounds[0])[0]) <= float(np.ravel(bounds[1])[0]) <= INT8_MAX
 
