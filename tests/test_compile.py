@@ -103,6 +103,18 @@ def test_dry_run_json_prints_the_command_and_op_check(tmp_path, capsys):
     assert out["opcheck"]["needs_plugin"] == ["MatMulInteger"]
 
 
+def test_dry_run_takes_int8_op_and_impl_mode(tmp_path, capsys):
+    bundle = make_bundle(tmp_path, opset=11)
+    assert main(["compile", "--bundle", str(bundle), "--soc", "20T", "--dry-run", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["int8"]["int8_op"] == "AscendQuant" and "--op_select_implmode=high_precision" in out["argv"]
+    assert main(["compile", "--bundle", str(bundle), "--soc", "20T", "--dry-run", "--json", "--int8-op", "Cast",
+                 "--impl-mode", "none"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["int8"] == {"int8_op": "Cast", "replaced": 0, "kept": 1, "note": ""} and out["impl_mode"] == "none"
+    assert not any(a.startswith("--op_select_implmode") for a in out["argv"])
+
+
 def test_check_only_exits_1_on_the_u8u8_dialect(tmp_path, capsys):
     bundle = make_bundle(tmp_path, dialect="u8u8")
     rc = main(["compile", "--bundle", str(bundle), "--soc", "Ascend310B4", "--check-only"])
