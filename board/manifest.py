@@ -170,6 +170,49 @@ class Manifest:
         return asdict(self)
 
 
+ITEM_BYTES = {"float32": 4, "float16": 2, "int64": 8, "int32": 4, "int8": 1, "uint8": 1}  # numpy dtype names
+
+
+def dim_symbols(manifest: Manifest) -> dict[str, int]:
+    """Symbol values a manifest shape may use, besides S (the chunk length) and N (rows given logits, at most S)."""
+    a, g = manifest.arch, manifest.graph
+    return {"L": a.num_layers, "Hkv": a.num_kv_heads, "KV": g.kv_len, "D": a.head_dim, "V": a.vocab_size}
+
+
+def eval_dim(dim, symbols: dict[str, int], s: int) -> int:
+    """Value of one shape entry (an int, or a sum such as "KV+S") at chunk length s."""
+    if isinstance(dim, int):
+        return dim
+    total = 0
+    for term in str(dim).replace(" ", "").split("+"):
+        if term in ("S", "N"):
+            total += s
+        elif term in symbols:
+            total += symbols[term]
+        elif term.lstrip("-").isdigit():
+            total += int(term)
+        else:
+            raise BundleError(f"manifest shape entry {dim!r}: unknown symbol {term!r}; rebuild the bundle")
+    return total
+
+
+def tensor_bytes(spec: TensorSpec, symbols: dict[str, int], s: int) -> int:
+    """Bytes of one graph input or output at chunk length s."""
+    n = ITEM_BYTES[spec.dtype]
+    for dim in spec.shape:
+        n *= eval_dim(dim, symbols, s)
+    return n
+
+
+def run_bytes(manifest: Manifest) -> dict:
+    """What running the graph holds beside its weights: the KV cache ("kv": the past inputs) and the outputs of the
+    largest prefill chunk ("outputs": the buffers a backend sizes for its largest gear)."""
+    g, symbols = manifest.graph, dim_symbols(manifest)
+    top = max(g.prefill_chunks)
+    kv = sum(tensor_bytes(t, symbols, top) for t in g.inputs if t.name.startswith("past_key_values"))
+    return {"kv": kv, "outputs": sum(tensor_bytes(t, symbols, top) for t in g.outputs)}
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks so multi-GB weights never sit in memory."""
     digest = hashlib.sha256()

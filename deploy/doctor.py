@@ -24,6 +24,7 @@ from deploy.text import human_bytes, shown
 MIN_PYTHON = PYTHONS[0]  # the oldest the requirement sets cover: pyproject.toml's requires-python
 ASCEND_SOURCE = Path(ascend.__file__).read_text()  # run on the board, prints its Ascend facts
 MODULES = tuple(dict.fromkeys(runtime_modules("onnxruntime") + ["acl"]))  # what either backend imports
+MEMORY_HEADROOM = 1.25  # below this many times the bundle's needs, memory is tight
 SETUP = "fab setup --board {board}"
 
 
@@ -47,6 +48,7 @@ class Needs:
     om_cann: str | None = None  # CANN version the bundle's .om was compiled with
     min_onnxruntime: str | None = None  # lowest onnxruntime that runs the graph (None: unknown, format < 6)
     onnxruntime_ops: dict | None = None  # operator form -> lowest onnxruntime release that runs it
+    run_bytes: dict | None = None  # {"kv", "outputs"} (board.manifest.run_bytes); None: a release recorded before them
 
 
 def _modules(board: Board, probe: dict, rset) -> list:
@@ -128,18 +130,20 @@ def _memory_and_disk(board: Board, probe: dict, needs: Needs | None, root: str) 
         return [Check("memory", "skip", f"{human_bytes(mem or 0)} available; {detail}"),
                 Check("disk", "skip", f"{human_bytes(free)} free under {root}; {detail}")]
     kind = "om" if board.backend == "acl" and needs.graph_bytes.get("om") else "onnx"
-    weights = needs.graph_bytes.get(kind, 0)
+    parts = memory_parts(kind, needs.graph_bytes.get(kind, 0), needs.run_bytes)
+    need = sum(parts.values())
+    what = " + ".join(f"{human_bytes(n)} {name}" for name, n in parts.items() if n or name.endswith("weights"))
     checks = []
     if mem is None:
         checks.append(Check("memory", "warn", "MemAvailable unknown (no /proc/meminfo)"))
-    elif mem < weights:
-        checks.append(Check("memory", "fail", f"{human_bytes(mem)} available < {human_bytes(weights)} of {kind} weights "
-                                              f"of {needs.what}", "stop other programs or use a smaller/quantized bundle"))
-    elif mem < 1.5 * weights:  # activations, KV cache and the runtime need room beyond the weights
-        checks.append(Check("memory", "warn", f"{human_bytes(mem)} available, {human_bytes(weights)} of {kind} weights "
-                                              f"of {needs.what}: tight", "stop other programs"))
+    elif mem < need:
+        checks.append(Check("memory", "fail", f"{human_bytes(mem)} available < {what} of {needs.what}",
+                            "stop other programs or use a smaller/quantized bundle (or a smaller --kv-len)"))
+    elif mem < MEMORY_HEADROOM * need:  # Python, the tokenizer and the runtime's own buffers come on top
+        checks.append(Check("memory", "warn", f"{human_bytes(mem)} available, {what} of {needs.what}: tight",
+                            "stop other programs"))
     else:
-        checks.append(Check("memory", "ok", f"{human_bytes(mem)} available for {human_bytes(weights)} of {kind} weights"))
+        checks.append(Check("memory", "ok", f"{human_bytes(mem)} available for {what}"))
     if needs.on_board:
         checks.append(Check("disk", "ok", f"{human_bytes(free)} free under {root}; {needs.what} is already there"))
     elif free < needs.bytes:
@@ -148,6 +152,14 @@ def _memory_and_disk(board: Board, probe: dict, needs: Needs | None, root: str) 
     else:
         checks.append(Check("disk", "ok", f"{human_bytes(free)} free under {root} for {human_bytes(needs.bytes)} of {needs.what}"))
     return checks
+
+
+def memory_parts(kind: str, weights: int, run: dict | None) -> dict:
+    """What loading and running the bundle holds at its peak, by part: the weights, the KV cache, the outputs of
+    the largest gear and, for an .om, the copy acl.mdl.load_from_mem reads it from until ACL has its own."""
+    run = run or {}
+    return {f"{kind} weights": weights, "KV cache": run.get("kv", 0), "largest-gear outputs": run.get("outputs", 0),
+            "load copy": weights if kind == "om" else 0}
 
 
 def _onnxruntime(board: Board, probe: dict, needs: Needs | None) -> Check:
@@ -178,12 +190,14 @@ def _needs(probe: dict, bundle) -> Needs | None:
         record = bundle.record()["bundle"]
         on_board = bundle.release_id in {r["id"] for r in probe["releases"]}
         return Needs(f"bundle {bundle.manifest.model.get('name')}", record["bytes"], record["graph_bytes"], on_board,
-                     record.get("om_soc"), record.get("om_cann"), record.get("min_onnxruntime"), record.get("onnxruntime_ops"))
+                     record.get("om_soc"), record.get("om_cann"), record.get("min_onnxruntime"), record.get("onnxruntime_ops"),
+                     record.get("run_bytes"))
     for release in probe["releases"]:
         if release["id"] == probe["current"]:
             facts = release.get("bundle") or {}
             return Needs(f"release {release['id']}", facts.get("bytes", 0), facts.get("graph_bytes") or {}, True,
-                         facts.get("om_soc"), facts.get("om_cann"), facts.get("min_onnxruntime"), facts.get("onnxruntime_ops"))
+                         facts.get("om_soc"), facts.get("om_cann"), facts.get("min_onnxruntime"), facts.get("onnxruntime_ops"),
+                         facts.get("run_bytes"))
     return None
 
 

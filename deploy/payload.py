@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from board.bundle import member_path, name_problem
-from board.manifest import MANIFEST_NAME, BundleError, Manifest, load_manifest, read_manifest, sha256_file
+from board.manifest import MANIFEST_NAME, BundleError, Manifest, load_manifest, read_manifest, run_bytes, sha256_file
 
 BOARD_PACKAGE = Path(__file__).resolve().parents[1] / "board"
 RELEASE_RECORD = ".release.json"  # the board writes its own record under this name (deploy/onboard/store.py)
@@ -49,6 +49,7 @@ class Payload:
                 "onnxruntime_ops": manifest.graph.onnxruntime_ops,
                 "bytes": sum(self.size(n) for n in self.files),
                 "graph_bytes": graph_bytes(manifest),
+                "run_bytes": run_bytes(manifest),  # KV cache and largest-gear outputs, for fab doctor's memory check
             },
         }
 

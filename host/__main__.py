@@ -115,7 +115,8 @@ def _run_build(args) -> int:
 # --- compile (owner: Ascend compile step) ------------------------------------------------
 def _add_compile(sub) -> None:
     from board.ascend import soc_hint
-    from host.ascend.atc import DEFAULT_PRECISION, PRECISION_MODES
+    from host.ascend.atc import DEFAULT_IMPL_MODE, DEFAULT_PRECISION, IMPL_MODES, PRECISION_MODES
+    from host.ascend.quantop import DEFAULT_INT8_OP, INT8_OPS
     from host.ascend.runners import DEFAULT_IMAGE, RUNNERS
 
     p = sub.add_parser("compile", help="compile a bundle's ONNX to an Ascend .om with ATC")
@@ -127,7 +128,14 @@ def _add_compile(sub) -> None:
     p.add_argument("--precision-mode", choices=PRECISION_MODES, default=DEFAULT_PRECISION,
                    help="ATC --precision_mode_v2 (default: origin: the graph's own dtypes, fp16 compute in an "
                         "Ascend bundle; fp16/mixed_float16 would also narrow the int32 rescale of the integer matmuls)")
+    p.add_argument("--impl-mode", choices=IMPL_MODES, default=DEFAULT_IMPL_MODE,
+                   help="ATC --op_select_implmode: the high-precision fp16 kernels where an op has two (default), "
+                        "the faster ones, or none (no flag, for a CANN release without it)")
     p.add_argument("--image", default=DEFAULT_IMAGE, help="CANN image tag for --runner docker")
+    p.add_argument("--int8-op", choices=INT8_OPS, default=DEFAULT_INT8_OP,
+                   help="what quantizes activations in the graph ATC reads: AscendQuant(scale=1, offset=0) in "
+                        "place of each Cast(to int8) after Round+Clip (the same numbers), or the Cast; auto: "
+                        "AscendQuant where the graph's opset is one ATC parses it at (8-16)")
     p.add_argument("--dry-run", action="store_true", help="check ops and print the ATC command; run nothing")
     p.add_argument("--check-only", action="store_true", help="only list the graph's ops against ATC's support")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
@@ -136,22 +144,30 @@ def _add_compile(sub) -> None:
 
 def _run_compile(args) -> int:
     import json
+    import tempfile
+    from dataclasses import replace
     from pathlib import Path
 
-    from host.ascend.compile import CompileConfig, command_for, compile_bundle, prepare
+    from host.ascend.compile import CompileConfig, command_for, compile_bundle, int8_line, prepare
 
     config = CompileConfig(bundle=Path(args.bundle), soc=args.soc, runner=args.runner,
-                           precision_mode=args.precision_mode, image=args.image, board=args.board)
+                           precision_mode=args.precision_mode, image=args.image, board=args.board, int8_op=args.int8_op,
+                           impl_mode=args.impl_mode)
     if args.check_only or args.dry_run:
-        manifest, report = prepare(config)
-        result = {"opcheck": report.to_dict()}
+        with tempfile.TemporaryDirectory(prefix="edge-llm-atc-") as tmp:
+            prepared = prepare(config, Path(tmp))
+        report = prepared.report
+        result = {"opcheck": report.to_dict(), "int8": prepared.int8.to_dict()}
         if args.dry_run:
-            command = command_for(config, manifest, None, Path(config.bundle).resolve())
+            # the bundle's path, not the scratch copy (gone by now): int8_line says what ATC's copy changes
+            command = command_for(config, replace(prepared, graph_dir=Path(config.bundle)), None,
+                                  Path(config.bundle).resolve())
             result.update(command.to_dict())
         if args.json:
             print(json.dumps(result, indent=2))
         else:
             print(report.summary())
+            print(f"# {int8_line(prepared.int8)}")
             if args.dry_run:
                 print(command.summary())
                 print(result["command"])

@@ -37,24 +37,34 @@ EOF
 """
 
 # pyACL for the script's subprocesses (TEST DOUBLE): tests/support/fake_acl.FakeAcl as the `acl` module. The
-# stand-in ATC's .om holds its arguments, not the JSON FakeAcl reads, so each load writes that JSON into a copy
-# of the bundle (write_fake_om) and loads the copy; FakeAcl then runs the bundle's model.onnx.
+# stand-in ATC's .om holds its arguments, not the JSON FakeAcl reads, so each load from memory of that text
+# writes the JSON into a copy of the bundle the command names (--bundle, write_fake_om) and loads that instead,
+# from memory of the same kind; FakeAcl then runs the bundle's model.onnx.
 ACL_SHIM = '''
-import shutil, sys, tempfile
+import ctypes, shutil, sys, tempfile
 from pathlib import Path
 from tests.support.fake_acl import FakeAcl, write_fake_om
 
 _fake = FakeAcl()
-_load = _fake.mdl.load_from_file
+_load = _fake.mdl.load_from_mem
 
 
-def _load_stand_in(path):
+def _load_stand_in(ptr, size):
+    if not ctypes.string_at(ptr, size).startswith(b"FAKE-OM (tests/fake_bin/atc)"):
+        return _load(ptr, size)
     copy = Path(tempfile.mkdtemp(prefix="fake-acl-")) / "bundle"
-    shutil.copytree(Path(path).parent, copy)
-    return _load(str(write_fake_om(copy)))
+    shutil.copytree(sys.argv[sys.argv.index("--bundle") + 1], copy)
+    data = write_fake_om(copy).read_bytes()
+    host = ptr not in _fake.memory
+    buf, _ = _fake.rt.malloc_host(len(data)) if host else _fake.rt.malloc(len(data), 0)
+    ctypes.memmove(buf, data, len(data))
+    try:
+        return _load(buf, len(data))
+    finally:
+        (_fake.rt.free_host if host else _fake.rt.free)(buf)
 
 
-_fake.mdl.load_from_file = _load_stand_in
+_fake.mdl.load_from_mem = _load_stand_in
 sys.modules[__name__] = _fake
 '''
 

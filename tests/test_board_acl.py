@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from board.backends import choose_backend, open_backend
-from board.backends.acl import AclBackend
+from board.backends.acl import AclBackend, read_into
 from board.bundle import open_bundle
 from board.engine import Engine
 from board.errors import BoardError
@@ -114,9 +114,36 @@ def test_an_om_that_does_not_load_names_the_file_and_cleans_up(om_bundle, monkey
     monkeypatch.setitem(sys.modules, "acl", fake)
     bad = om_bundle.path.parent / "not-an-om"
     bad.write_text("this is not a compiled model")
-    with pytest.raises(BundleError, match="not-an-om.*load_from_file failed.*python -m host compile"):
+    with pytest.raises(BundleError, match="not-an-om: acl.mdl.load_from_mem failed with ACL error 100012;.*python -m host compile"):
         AclBackend(bad, om_bundle.manifest.graph)
-    assert fake.leaks() == []  # context destroyed, device reset, ACL finalized after the failure
+    assert fake.leaks() == []  # load buffer freed, context destroyed, device reset, ACL finalized after the failure
+
+
+@pytest.mark.parametrize("mode, alloc, free", [(ACL_DEVICE, "rt.malloc", "rt.free"),
+                                               (ACL_HOST, "rt.malloc_host", "rt.free_host")])
+def test_the_om_is_loaded_from_memory_of_the_run_modes_kind_and_freed_at_once(om_bundle, monkeypatch, mode, alloc, free):
+    """pyACL: in RC mode (the board's own CPU) load_from_mem wants device memory, on a host host memory."""
+    fake = FakeAcl(run_mode=mode)
+    monkeypatch.setitem(sys.modules, "acl", fake)
+    with open_backend(om_bundle, "acl"):
+        load = fake.calls.index("mdl.load_from_mem")
+        assert "mdl.load_from_file" not in fake.calls
+        assert fake.calls[load - 1] == alloc and fake.calls[load + 1] == free  # the buffer lives for the load only
+        assert not fake.host_memory  # nothing left of the temporary copy
+    assert fake.leaks() == []
+    other = FakeAcl(run_mode=ACL_DEVICE)  # and the double refuses host memory where ACL wants device memory
+    ptr, _ = other.rt.malloc_host(16)
+    assert other.mdl.load_from_mem(ptr, 16) == (0, 100000)
+
+
+def test_the_om_is_read_in_chunks_and_a_short_file_is_named(tmp_path):
+    data = np.arange(100, dtype=np.uint8)
+    (tmp_path / "m.om").write_bytes(data.tobytes())
+    view = np.zeros(100, np.uint8)
+    read_into(tmp_path / "m.om", view, chunk=7)
+    np.testing.assert_array_equal(view, data)
+    with pytest.raises(BoardError, match=r"m.om: ended after 100 of 120 bytes while loading"):
+        read_into(tmp_path / "m.om", np.zeros(120, np.uint8), chunk=7)
 
 
 def test_a_prefill_wanting_the_last_row_copies_only_that_rows_logits(om_bundle, monkeypatch):
@@ -164,7 +191,8 @@ def test_device_memory_is_zeroed_after_malloc_and_after_reset(om_bundle, monkeyp
     fake = FakeAcl(run_mode=ACL_DEVICE)  # its malloc returns 0xFF bytes: NaN as fp32
     monkeypatch.setitem(sys.modules, "acl", fake)
     with open_backend(om_bundle, "acl") as backend:
-        assert fake.calls.count("rt.memset") == fake.calls.count("rt.malloc") > 0
+        buffers = fake.calls[fake.calls.index("mdl.load_from_mem"):]  # the load's own buffer is filled from the file
+        assert buffers.count("rt.memset") == buffers.count("rt.malloc") > 0
         _, engine = run(om_bundle, backend, 8)
         assert engine.cache.used > 0 and np.abs(engine.cache.kv).max() > 0
         engine.cache.kv[...] = np.nan  # what a previous conversation could leave behind, at worst

@@ -46,9 +46,14 @@ def test_tinyllama_command_has_fixed_kv_and_one_gear_per_prefill_chunk():
         "--dynamic_dims=1,1025,1;16,1040,16;64,1088,64",
         "--soc_version=Ascend310B1",
         "--precision_mode_v2=origin",
+        "--op_select_implmode=high_precision",
         "--log=error",
     ]
     assert cmd.gears == [1, 16, 64]
+    fast = derive_atc_command(m, "Ascend310B1", "/b/model.onnx", "/w/model", impl_mode="high_performance")
+    assert "--op_select_implmode=high_performance" in fast.argv and fast.impl_mode == "high_performance"
+    bare = derive_atc_command(m, "Ascend310B1", "/b/model.onnx", "/w/model", impl_mode="none")
+    assert not any(a.startswith("--op_select_implmode") for a in bare.argv)
     assert "'--input_shape=input_ids:1,-1;" in cmd.shell()  # the semicolons are quoted for a shell
 
 
@@ -79,6 +84,8 @@ def test_unknown_precision_mode_and_shape_symbol_are_input_errors():
     m = make_manifest(5, 4, 8, 64, [1, 4])
     with pytest.raises(InputError, match="precision-mode"):
         derive_atc_command(m, "Ascend310B1", "m.onnx", "o", precision_mode="force_fp32")
+    with pytest.raises(InputError, match="impl-mode.*high_precision, high_performance, none"):
+        derive_atc_command(m, "Ascend310B1", "m.onnx", "o", impl_mode="fast")
     m.graph.inputs[1] = TensorSpec("attention_mask", "int64", [1, "KV+T"])
     with pytest.raises(InputError, match="unknown symbol 'T'"):
         derive_input_shapes(m)
@@ -94,6 +101,18 @@ def test_dry_run_json_prints_the_command_and_op_check(tmp_path, capsys):
     assert out["argv"][1] == f"--model={bundle.resolve() / 'model.onnx'}"
     assert out["dynamic_dims"] == "1,65,1;16,80,16" and out["soc"] == "Ascend310B1" and out["board_model"] == "20T"
     assert out["opcheck"]["needs_plugin"] == ["MatMulInteger"]
+
+
+def test_dry_run_takes_int8_op_and_impl_mode(tmp_path, capsys):
+    bundle = make_bundle(tmp_path, opset=11)
+    assert main(["compile", "--bundle", str(bundle), "--soc", "20T", "--dry-run", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["int8"]["int8_op"] == "AscendQuant" and "--op_select_implmode=high_precision" in out["argv"]
+    assert main(["compile", "--bundle", str(bundle), "--soc", "20T", "--dry-run", "--json", "--int8-op", "Cast",
+                 "--impl-mode", "none"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["int8"] == {"int8_op": "Cast", "replaced": 0, "kept": 1, "note": ""} and out["impl_mode"] == "none"
+    assert not any(a.startswith("--op_select_implmode") for a in out["argv"])
 
 
 def test_check_only_exits_1_on_the_u8u8_dialect(tmp_path, capsys):
@@ -207,6 +226,16 @@ def test_the_stand_in_atc_refuses_a_rank_6_input_with_dynamic_dims_as_atc_docume
                                   "supports ND inputs of rank <= 4") in r.stdout + r.stderr
 
 
+def test_the_stand_in_atc_takes_the_implmode_values_atc_lists(tmp_path, fake_atc_env):
+    bundle = make_bundle(tmp_path)
+    cmd = derive_atc_command(load_manifest(bundle), "Ascend310B1", str(bundle / "model.onnx"), str(tmp_path / "out"))
+    ok = subprocess.run([str(FAKE_BIN / "atc"), *cmd.argv[1:]], capture_output=True, text=True)
+    assert ok.returncode == 0 and "--op_select_implmode=high_precision" in (tmp_path / "out.om").read_text()
+    argv = [a.replace("high_precision", "high_performance ") for a in cmd.argv[1:]]  # the forum's stray space
+    bad = subprocess.run([str(FAKE_BIN / "atc"), *argv], capture_output=True, text=True)
+    assert bad.returncode == 1 and "Value [high_performance ] for parameter [--op_select_implmode] is invalid" in bad.stderr
+
+
 def test_unsupported_ops_stop_the_compile(tmp_path, fake_atc_env):
     bundle = make_bundle(tmp_path, dialect="u8u8")
     before = snapshot(bundle)
@@ -300,6 +329,29 @@ def test_docker_runner_mounts_the_bundle_and_installs_the_om(tmp_path):
     assert call["volumes"][str(bundle.resolve())] == {"bind": "/bundle", "mode": "ro"}
     assert client.removed and result["runner"] == "docker"
     assert load_manifest(bundle).files["model.om"].size == len((bundle / "model.om").read_bytes())
+
+
+@pytest.mark.cann_double
+def test_docker_runner_mounts_the_ascend_quant_copy_not_the_bundle(tmp_path):
+    bundle = make_bundle(tmp_path, opset=11)  # the --target ascend opset: AscendQuant replaces the Cast to int8
+    client = StandInDockerClient(toolkit_home=fake_toolkit(tmp_path, "8.0.0"))
+    runner = DockerRunner.connect("edge-llm/cann:8.0.0-310b", client_factory=lambda: client)
+    mounted = {}
+    run = client.containers.run
+
+    def run_and_look(image, command, volumes, **kw):  # the scratch copy is gone once compile_bundle returns
+        for host_dir, bind in volumes.items():
+            if bind["bind"] == "/bundle":
+                mounted["ops"] = [n.op_type for n in onnx.load(str(Path(host_dir) / "model.onnx")).graph.node]
+                mounted["dir"] = host_dir
+        return run(image, command, volumes, **kw)
+
+    client.containers.run = run_and_look
+    result = compile_bundle(CompileConfig(bundle, "Ascend310B1", runner="docker"), runner=runner)
+    assert result["int8"] == {"int8_op": "AscendQuant", "replaced": 1, "kept": 0, "note": ""}
+    assert mounted["dir"] != str(bundle.resolve()) and "AscendQuant" in mounted["ops"]
+    assert result["opcheck"]["model"] == f"{bundle / 'model.onnx'} (ATC's copy, with AscendQuant)"
+    assert "AscendQuant" not in [n.op_type for n in onnx.load(str(bundle / "model.onnx")).graph.node]
 
 
 @pytest.mark.cann_double
@@ -400,6 +452,11 @@ def test_real_ascend_bundle_compiles_through_the_stand_in_atc(tmp_path, fake_atc
     m = load_manifest(bundle)
     assert m.graph.om == "model.om" and m.files["model.om"].sha256 == result["sha256"]
     assert {"model.onnx", "tokenizer.json", "report.json", "model.om"} <= set(m.files)
+    # ATC parsed AscendQuant in place of every activation Cast(to int8): one per integer matmul
+    ops = {n.op_type for n in onnx.load(str(bundle / "model.onnx")).graph.node}
+    matmuls = [n for n in onnx.load(str(bundle / "model.onnx")).graph.node if n.op_type == "MatMulInteger"]
+    assert result["int8"] == {"int8_op": "AscendQuant", "replaced": len(matmuls), "kept": 0, "note": ""}
+    assert "AscendQuant" in (bundle / "model.om").read_text().splitlines()[-1] and "AscendQuant" not in ops
 
 
 def test_a_failed_manifest_write_puts_the_previous_om_back(tmp_path, fake_atc_env, monkeypatch):

@@ -7,10 +7,14 @@ import subprocess
 import sys
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import onnxruntime
 import pytest
 
+from board.manifest import run_bytes
+from deploy.doctor import Needs, _memory_and_disk
+from tests.support.compile_bundles import make_manifest
 from tests.support.sshd import fab, free_port, synthetic_bundle, write_inventory
 
 pytestmark = pytest.mark.ssh
@@ -88,8 +92,27 @@ def test_memory_and_disk_are_compared_with_the_bundle(sshd, tmp_path):
     r = fab(inventory, "doctor", "--bundle", str(bundle))
     assert r.returncode == 0, r.stdout
     checks = lines_of(r.stdout)
-    assert checks["memory"].startswith("ok ") and checks["memory"].endswith(" available for 293.0 KB of onnx weights")
+    assert checks["memory"].startswith("ok ") and checks["memory"].endswith(
+        " available for 293.0 KB onnx weights + 128 B largest-gear outputs")  # logits [1, 1, 32] float32
     assert checks["disk"].startswith("ok ") and " for " in checks["disk"] and "of bundle synthetic" in checks["disk"]
+
+
+def test_the_memory_check_counts_weights_kv_outputs_and_the_oms_load_copy():
+    """TinyLlama shapes, fp32 KV at 1024 slots, chunks up to 64: the figures come from the manifest alone."""
+    m = make_manifest(layers=22, kv_heads=4, head_dim=64, kv_len=1024, chunks=[1, 16, 64])
+    run = run_bytes(m)
+    assert run == {"kv": 44 * 4 * 1024 * 64 * 4, "outputs": 64 * 32000 * 4 + 44 * 4 * 64 * 64 * 4}
+    om = 1_200_000_000
+    needs = Needs("bundle t", om, {"onnx": 0, "om": om}, on_board=True, run_bytes=run)
+    need = 2 * om + run["kv"] + run["outputs"]
+    acl = SimpleNamespace(backend="acl")
+    verdict = {mem: _memory_and_disk(acl, {"mem_available": mem, "free_disk": 1 << 40}, needs, "/opt")[0]
+               for mem in (need - 1, need + 1, 2 * need)}
+    assert [c.verdict for c in verdict.values()] == ["fail", "warn", "ok"]
+    assert verdict[need - 1].detail == ("2.3 GB available < 1.1 GB om weights + 44.0 MB KV cache + "
+                                        "10.6 MB largest-gear outputs + 1.1 GB load copy of bundle t")
+    older = Needs("release r", om, {"onnx": 0, "om": om}, on_board=True)  # recorded before run_bytes: weights and copy
+    assert _memory_and_disk(acl, {"mem_available": 2 * om - 1, "free_disk": 1 << 40}, older, "/opt")[0].verdict == "fail"
 
 
 def make_fake_ascend(root: Path, npu_smi_output: str, toolkit_file: str, toolkit_at: str) -> Path:

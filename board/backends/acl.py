@@ -1,6 +1,6 @@
 """Ascend backend through pyACL (the `acl` module shipped with CANN), for a bundle's model.om.
 
-Lifecycle: acl.init -> rt.set_device -> rt.create_context -> mdl.load_from_file -> model desc ->
+Lifecycle: acl.init -> rt.set_device -> rt.create_context -> mdl.load_from_mem -> model desc ->
 one input and one output dataset of device buffers sized for the largest compiled gear; each step
 copies inputs in, sets the dynamic dims of the chunk size (ATC --dynamic_dims gears, input
 "ascend_mbatch_shape_data"), executes, and reads outputs back at their current dims. Teardown
@@ -11,6 +11,12 @@ product, and garbage there (a NaN) would spread to every logit.
 On the Orange Pi AI Pro (Ascend 310B SoC) the program runs on the board's own CPU
 (rt.get_run_mode() == ACL_DEVICE) and host and device share memory: buffers are then read and
 written in place and the KV cache lives in the device buffer itself, so nothing is copied.
+
+The .om is read in chunks into one ACL buffer and loaded with acl.mdl.load_from_mem, as
+Tlntin/qwen-ascend-llm ended up doing on the same board: pyACL documents that on a 310B running
+on its own CPU (RC mode) the model must be in device memory (acl.rt.malloc), on a host with a
+card in host memory (acl.rt.malloc_host). ACL copies the model while loading, so the buffer is
+freed right after: for that moment the board holds the .om twice (fab doctor counts it).
 """
 from __future__ import annotations
 
@@ -30,6 +36,8 @@ ACL_ERROR_REPEAT_INITIALIZE = 100002
 ACL_DEVICE, ACL_HOST = 0, 1  # aclrtRunMode
 ACL_MEM_MALLOC_HUGE_FIRST = 0
 ACL_MEMCPY_HOST_TO_DEVICE, ACL_MEMCPY_DEVICE_TO_HOST = 1, 2
+# One read() returns at most ~2 GiB on Linux, so a large .om is read in pieces straight into the ACL buffer.
+LOAD_CHUNK = 64 << 20
 DYNAMIC_INPUT = "ascend_mbatch_shape_data"  # ACL_DYNAMIC_TENSOR_NAME
 ACL_DTYPES = {0: np.float32, 1: np.float16, 2: np.int8, 3: np.int32, 4: np.uint8, 9: np.int64}
 
@@ -63,6 +71,18 @@ class _Buffer:
             acl.rt.free(self.ptr)
             raise
         self.view = host_view(self.ptr, size) if shared else None
+
+
+def read_into(path: Path, view: np.ndarray, chunk: int = LOAD_CHUNK) -> None:
+    """Fill the uint8 `view` with the file's bytes, `chunk` at a time; BoardError if the file is shorter."""
+    done = 0
+    with open(path, "rb", buffering=0) as f:
+        while done < view.nbytes:
+            n = f.readinto(memoryview(view[done : done + chunk]))
+            if not n:
+                raise BoardError(f"{path}: ended after {done} of {view.nbytes} bytes while loading; is the disk full or "
+                                 "the file being replaced? (`python -m board verify` checks the bundle)")
+            done += n
 
 
 def zero(acl, ptr: int, size: int, name: str) -> None:
@@ -110,13 +130,7 @@ class AclBackend(Backend):
         mode, ret = acl.rt.get_run_mode()
         check(ret, "acl.rt.get_run_mode")
         self.shared = mode == ACL_DEVICE
-        model_id, ret = acl.mdl.load_from_file(str(om_path))
-        if ret != ACL_SUCCESS:
-            raise BundleError(
-                f"{om_path}: acl.mdl.load_from_file failed with ACL error {ret}; the .om must be compiled "
-                "for this SoC and CANN version (`python -m host compile`)"
-            )
-        self._model_id = model_id
+        model_id = self._load(om_path)
         self._desc = acl.mdl.create_desc()
         check(acl.mdl.get_desc(self._desc, model_id), "acl.mdl.get_desc")
         self._in_ds = self._dataset(acl.mdl.get_num_inputs(self._desc), acl.mdl.get_input_name_by_index,
@@ -137,6 +151,27 @@ class AclBackend(Backend):
         # ATC may rename graph outputs; fall back to the contract's order (logits, present)
         self._out_index = [out_names.index(n) if n in out_names else i for i, n in enumerate(OUTPUT_NAMES)]
         self._out_dtype = [ACL_DTYPES[acl.mdl.get_output_data_type(self._desc, i)] for i in self._out_index]
+
+    def _load(self, om_path: Path) -> int:
+        """The model id of the .om, loaded from a temporary ACL buffer of the memory kind the run mode needs."""
+        acl, size = self.acl, om_path.stat().st_size
+        alloc, free = ((lambda: acl.rt.malloc(size, ACL_MEM_MALLOC_HUGE_FIRST)), acl.rt.free) if self.shared else \
+            ((lambda: acl.rt.malloc_host(size)), acl.rt.free_host)
+        ptr, ret = alloc()
+        check(ret, f"allocating {size} bytes to load {om_path.name}")
+        try:
+            read_into(om_path, host_view(ptr, size))
+            model_id, ret = acl.mdl.load_from_mem(ptr, size)
+        finally:
+            freed = free(ptr)
+        if ret != ACL_SUCCESS:
+            raise BundleError(
+                f"{om_path}: acl.mdl.load_from_mem failed with ACL error {ret}; the .om must be compiled "
+                "for this SoC and CANN version (`python -m host compile`)"
+            )
+        self._model_id = model_id  # unloaded by close() even if the free below fails
+        check(freed, f"freeing the load buffer of {om_path.name}")
+        return model_id
 
     def _dataset(self, count: int, name_of, size_of, buffers: list) -> int:
         acl = self.acl

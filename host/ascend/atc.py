@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from board import ascend
 from board.ascend import BOARD_BY_SOC, SOCS, soc_hint
-from board.manifest import Manifest, TensorSpec
+from board.manifest import BundleError, Manifest, TensorSpec, dim_symbols
+from board.manifest import eval_dim as manifest_dim
 from host.errors import BuildError, InputError
 
 # --precision_mode_v2 values documented for the Atlas 200I/500 A2 (CANN 8.x). ATC's own
@@ -25,6 +26,15 @@ from host.errors import BuildError, InputError
 # kernel fall back to the (slow) AI CPU.
 PRECISION_MODES = ("origin", "cube_fp16in_fp32out", "mixed_float16", "fp16")
 DEFAULT_PRECISION = "origin"
+# --op_select_implmode: ops that have two fp16 kernels use the high-precision one (Taylor expansion / Newton
+# iterations, per the ATC reference) instead of ATC's default high_performance. The graph computes in fp16
+# (softmax over up to KV+S scores, rsqrt, exp, SiLU) and a decode step is bound by reading int8 weights, not
+# by these element-wise kernels, so precision is the better side of the trade. CANN 8.0.RC2's ATC accepts
+# high_performance, high_performance_for_all, high_precision, high_precision_for_all (its E10001 lists them);
+# releases from 8.3 mark the option as no longer developed: "none" passes no flag, for one that drops it.
+# --optypelist_for_implmode (per-op-type choice) is not used: the same releases say "do not use" it.
+IMPL_MODES = ("high_precision", "high_performance", "none")
+DEFAULT_IMPL_MODE = "high_precision"
 # ATC on an 8-16 GB board runs out of memory compiling kernels in parallel; one core, one
 # compiler process is slower but finishes (CANN's documented knobs for this).
 BOARD_ATC_ENV = {"MAX_COMPILE_CORE_NUMBER": "1", "TE_PARALLEL_COMPILER": "1"}
@@ -55,6 +65,7 @@ class AtcCommand:
     opset: int | None = None  # the graph's ai.onnx opset (ATC takes it from the file)
     compute_dtype: str | None = None  # what the graph computes activations in
     host_env: str | None = None  # "linux/aarch64" when --host_env_os/--host_env_cpu are passed (cross-compile)
+    impl_mode: str = DEFAULT_IMPL_MODE  # --op_select_implmode, or "none" when the flag is not passed
 
     def shell(self) -> str:
         """The command as one copy-pasteable shell line (semicolons quoted)."""
@@ -73,12 +84,14 @@ class AtcCommand:
             "opset": self.opset,
             "compute_dtype": self.compute_dtype,
             "host_env": self.host_env,
+            "impl_mode": self.impl_mode,
         }
 
     def summary(self) -> str:
         """One line naming what the command was chosen for."""
         return (f"# {self.soc} ({BOARD_BY_SOC.get(self.soc, '?')} board), graph opset {self.opset}, compute "
-                f"{self.compute_dtype}, --precision_mode_v2={self.precision_mode}, gears {self.gears}"
+                f"{self.compute_dtype}, --precision_mode_v2={self.precision_mode}, --op_select_implmode="
+                f"{self.impl_mode}, gears {self.gears}"
                 + (f", for {self.host_env} (cross-compiled)" if self.host_env else ""))
 
 
@@ -126,27 +139,12 @@ def resolve_soc(value: str) -> str:
     return soc
 
 
-def dim_symbols(manifest: Manifest) -> dict[str, int]:
-    """Symbol values a manifest shape may use, besides S (the chunk length)."""
-    a, g = manifest.arch, manifest.graph
-    return {"L": a.num_layers, "Hkv": a.num_kv_heads, "KV": g.kv_len, "D": a.head_dim, "V": a.vocab_size}
-
-
 def eval_dim(dim, symbols: dict[str, int], s: int) -> int:
-    """Value of one shape entry (an int, or a sum such as "KV+S") at chunk length s."""
-    if isinstance(dim, int):
-        return dim
-    total = 0
-    for term in str(dim).replace(" ", "").split("+"):
-        if term == "S":
-            total += s
-        elif term in symbols:
-            total += symbols[term]
-        elif term.lstrip("-").isdigit():
-            total += int(term)
-        else:
-            raise InputError(f"manifest shape entry {dim!r}: unknown symbol {term!r}; rebuild the bundle")
-    return total
+    """board.manifest.eval_dim, its error an InputError (a compile's bad input)."""
+    try:
+        return manifest_dim(dim, symbols, s)
+    except BundleError as e:
+        raise InputError(str(e)) from None
 
 
 def _shapes_per_gear(inputs: list[TensorSpec], symbols: dict, gears: list[int]) -> list[list[list[int]]]:
@@ -191,6 +189,7 @@ def derive_atc_command(
     precision_mode: str = DEFAULT_PRECISION,
     atc: str = "atc",
     compile_machine: str | None = None,
+    impl_mode: str = DEFAULT_IMPL_MODE,
 ) -> AtcCommand:
     """The full ATC argv for a bundle; `model`/`output` are paths as the runner sees them.
 
@@ -201,6 +200,8 @@ def derive_atc_command(
     soc = resolve_soc(soc)
     if precision_mode not in PRECISION_MODES:
         raise InputError(f"unknown --precision-mode {precision_mode!r}: use one of {', '.join(PRECISION_MODES)}")
+    if impl_mode not in IMPL_MODES:
+        raise InputError(f"unknown --impl-mode {impl_mode!r}: use one of {', '.join(IMPL_MODES)}")
     input_shape, dynamic_dims, gears = derive_input_shapes(manifest)
     argv = [
         atc,
@@ -213,9 +214,11 @@ def derive_atc_command(
     if dynamic_dims is not None:
         argv.append(f"--dynamic_dims={dynamic_dims}")
     host_env = host_env_args(compile_machine)
-    argv += [f"--soc_version={soc}", f"--precision_mode_v2={precision_mode}", *host_env, "--log=error"]
+    argv += [f"--soc_version={soc}", f"--precision_mode_v2={precision_mode}"]
+    argv += [f"--op_select_implmode={impl_mode}"] if impl_mode != "none" else []
+    argv += [*host_env, "--log=error"]
     return AtcCommand(argv, input_shape, dynamic_dims, gears, soc, precision_mode, manifest.graph.opset,
-                      manifest.graph.compute_dtype, f"{BOARD_OS}/{BOARD_CPU}" if host_env else None)
+                      manifest.graph.compute_dtype, f"{BOARD_OS}/{BOARD_CPU}" if host_env else None, impl_mode)
 
 
 # --- failures --------------------------------------------------------------------------------

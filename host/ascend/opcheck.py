@@ -22,22 +22,25 @@ OPS_FILE = Path(__file__).parents[1] / "data" / "atc_onnx_ops.json"
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 SUPPORTED, PLUGIN, UNSUPPORTED = "supported", "plugin", "unsupported"
+GE_DT_INT8 = 2  # ge::DataType's int8 (AscendQuant's dst_type), not ONNX's TensorProto.INT8 (3)
 MAX_ND_RANK = 4  # ATC 23.0.RC2 / 8.0.RC1-RC2: ND inputs with dynamic dims support N <= 4
 
 
 @dataclass(frozen=True)
 class OpTable:
-    """ATC's accepted ONNX ops: built-ins with one opset range, plus ops our plugin adds."""
+    """ATC's accepted ONNX ops: built-ins with one opset range, ops our plugin adds, and Ascend's own ops."""
 
     ops: frozenset
     opset_range: tuple
     plugin_ops: dict  # op type -> {"opsets": [...], "maps_to": ..., ...}
     source: dict
+    ascend_ops: dict = field(default_factory=dict)  # op type -> {"opsets": [...], ...}: ATC parses them, onnxruntime not
 
     @classmethod
     def load(cls, path: Path = OPS_FILE) -> "OpTable":
         data = json.loads(Path(path).read_text())
-        return cls(frozenset(data["ops"]), tuple(data["opset_range"]), data["plugin_ops"], data["source"])
+        return cls(frozenset(data["ops"]), tuple(data["opset_range"]), data["plugin_ops"], data["source"],
+                   data.get("ascend_ops", {}))
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ def iter_nodes(graph: onnx.GraphProto):
                     yield from iter_nodes(g)
 
 
-def _constant(model: onnx.ModelProto, name: str, base_dir: Path) -> np.ndarray | None:
+def constant_value(model: onnx.ModelProto, name: str, base_dir: Path) -> np.ndarray | None:
     """The value of `name` when it is an initializer or a Constant node's output, else None."""
     for t in model.graph.initializer:
         if t.name == name:
@@ -127,13 +130,13 @@ def _matmulinteger_problem(model: onnx.ModelProto, node: onnx.NodeProto, base_di
     for slot, name in enumerate(node.input[2:4], start=2):
         if not name:
             continue
-        zp = _constant(model, name, base_dir)
+        zp = constant_value(model, name, base_dir)
         if zp is None or np.any(zp != 0):
             value = "not a constant" if zp is None else f"{zp.ravel()[0]} ({zp.dtype})"
             return (f"node {node.name or node.output[0]}: zero point input {slot} ({name}) is {value}, not 0; "
                     "the Ascend plugin needs the s8s8 dialect (build with --target ascend)")
     for name in node.input[:2]:
-        t = _constant(model, name, base_dir) if name else None
+        t = constant_value(model, name, base_dir) if name else None
         if t is not None and t.dtype == np.uint8:
             return (f"node {node.name or node.output[0]}: uint8 operand {name} (u8u8 onnxruntime dialect); "
                     "the Ascend plugin needs the s8s8 dialect (build with --target ascend)")
@@ -147,6 +150,20 @@ def _clip_problem(node) -> str | None:
     if missing and not any(a.name in ("min", "max") for a in node.attribute):  # opset < 11 keeps them as attributes
         return (f"node {node.name or node.output[0]}: Clip without a {' or '.join(missing)} bound; "
                 "export Max/Min with a constant (torch.maximum/minimum) or both bounds, then rebuild")
+    return None
+
+
+def _ascend_quant_problem(node) -> str | None:
+    """An AscendQuant ATC would build wrongly: scale or offset not a float (the parser then uses 0.0, and a zero
+    scale zeroes every activation), or an output type other than int8 (dst_type 2, all the 310B takes)."""
+    attrs = {a.name: a for a in node.attribute}
+    name = node.name or node.output[0]
+    missing = [k for k in ("scale", "offset") if k not in attrs or attrs[k].type != onnx.AttributeProto.FLOAT]
+    if missing:
+        return (f"node {name}: AscendQuant without a float {' and '.join(missing)} attribute; ATC's parser would "
+                "take 0.0; compile again (host/ascend/quantop.py writes scale=1.0, offset=0.0)")
+    if "dst_type" in attrs and attrs["dst_type"].i != GE_DT_INT8:
+        return f"node {name}: AscendQuant dst_type {attrs['dst_type'].i}; the 310B quantizes to int8 only (dst_type 2)"
     return None
 
 
@@ -188,6 +205,8 @@ def check_model(path: Path, table: OpTable | None = None) -> OpReport:
             problem = _matmulinteger_problem(model, node, path.parent)
         elif node.op_type == "Clip":
             problem = _clip_problem(node)
+        elif node.op_type == "AscendQuant":
+            problem = _ascend_quant_problem(node)
         else:
             continue
         if problem:
@@ -209,6 +228,12 @@ def _status(table: OpTable, domain: str, op_type: str, opset: int | None) -> tup
         if opset not in info["opsets"]:
             return UNSUPPORTED, f"plugin registers opsets {info['opsets']}, graph has {opset}"
         return PLUGIN, f"needs the custom plugin ({info['plugin']}) -> {info['maps_to']}"
+    if op_type in table.ascend_ops:
+        opsets = table.ascend_ops[op_type]["opsets"]
+        if opset not in opsets:
+            return UNSUPPORTED, (f"ATC parses {op_type} at opsets {opsets[0]}-{opsets[-1]}, the graph has {opset}: rebuild "
+                                 "with --opset 11, or compile with --int8-op Cast")
+        return SUPPORTED, ""
     if op_type in table.ops:
         return SUPPORTED, ""
     return UNSUPPORTED, "not in ATC's ONNX operator list"

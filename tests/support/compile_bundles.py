@@ -32,11 +32,11 @@ def make_manifest(layers, kv_heads, head_dim, kv_len, chunks, vocab=32000, hidde
     )
 
 
-def make_bundle(tmp_path, dialect="s8s8", chunks=(1, 16)) -> Path:
+def make_bundle(tmp_path, dialect="s8s8", chunks=(1, 16), opset=17) -> Path:
     """A stories260K-shaped bundle on disk (L 5, Hkv 4, D 8, KV 64) with a small W8A8 graph."""
     bundle = tmp_path / "bundle"
     bundle.mkdir()
-    tiny_llm_onnx(bundle / "model.onnx", layers=5, kv_heads=4, head_dim=8, kv_len=64, dialect=dialect)
+    tiny_llm_onnx(bundle / "model.onnx", layers=5, kv_heads=4, head_dim=8, kv_len=64, dialect=dialect, opset=opset)
     (bundle / "tokenizer.json").write_text("{}")
     m = make_manifest(5, 4, 8, 64, chunks, vocab=32, hidden=16, heads=8)
     m = Manifest(**{**m.__dict__, "files": file_entries(bundle, ["model.onnx", "tokenizer.json"])})

@@ -4,7 +4,10 @@ It implements exactly the calls the acl backend makes, with pyACL's signatures a
 return conventions, on real process memory: acl.rt.malloc hands out addresses of numpy buffers and
 acl.rt.memcpy moves bytes with ctypes. "Executing" a model runs the bundle's model.onnx with
 onnxruntime on the bytes found in the input buffers. The .om it loads is a JSON stand-in written
-by `write_fake_om`, describing the gears ATC would have compiled (one per prefill chunk size).
+by `write_fake_om`, describing the gears ATC would have compiled (one per prefill chunk size) and
+holding the ONNX itself, as a real .om holds the model. acl.mdl.load_from_mem takes it from memory
+of the kind pyACL documents for the run mode (device memory on the board's own CPU, host memory
+otherwise), as acl.mdl.load_from_file takes it from a path.
 It checks what real ACL would reject: unknown handles, oversized copies, dims that are no gear,
 execution without dims, and it reports anything left allocated. Like real device memory, what
 acl.rt.malloc hands out is not zeroed: it is filled with 0xFF bytes (NaN in fp16 and fp32).
@@ -12,6 +15,7 @@ ACL contexts are per thread: a call from a thread without a current context fail
 """
 from __future__ import annotations
 
+import base64
 import ctypes
 import itertools
 import json
@@ -29,6 +33,7 @@ H2D, D2H = 1, 2
 ERR_INVALID_PARAM = 100000
 ERR_REPEAT_INIT = 100002
 ERR_CONTEXT_NULL = 107002  # ACL_ERROR_RT_CONTEXT_NULL
+ERR_DESERIALIZE_MODEL = 100012  # ACL_ERROR_DESERIALIZE_MODEL
 DYNAMIC_INPUT = "ascend_mbatch_shape_data"
 ACL_DTYPE = {"float32": 0, "float16": 1, "int64": 9}
 NP_DTYPE = {v: k for k, v in ACL_DTYPE.items()}
@@ -51,6 +56,7 @@ def write_fake_om(bundle_dir: Path) -> Path:
     itemsize = np.dtype(g.kv_dtype).itemsize
     om = {
         "onnx": g.onnx,
+        "onnx_bytes": base64.b64encode((bundle_dir / g.onnx).read_bytes()).decode(),  # the model travels with the .om
         "inputs": [
             {"name": n, "dtype": d, "ndim": len(shape), "size": int(np.prod(shape)) * np.dtype(d).itemsize}
             for n, d, shape in zip(
@@ -78,7 +84,8 @@ class FakeAcl:
     def __init__(self, run_mode: int = ACL_HOST):
         self.run_mode = run_mode
         self.calls: list[str] = []
-        self.memory: dict[int, np.ndarray] = {}
+        self.memory: dict[int, np.ndarray] = {}  # device memory (acl.rt.malloc)
+        self.host_memory: dict[int, np.ndarray] = {}  # acl.rt.malloc_host
         self.data_buffers: dict[int, tuple[int, int]] = {}
         self.datasets: dict[int, list[int]] = {}
         self.models: dict[int, dict] = {}
@@ -92,9 +99,9 @@ class FakeAcl:
         self._ids = itertools.count(1000)
         self.rt = SimpleNamespace(**{n: getattr(self, f"rt_{n}") for n in (
             "set_device", "reset_device", "create_context", "destroy_context", "get_run_mode", "malloc", "free", "memcpy", "memset",
-            "set_context")})
+            "set_context", "malloc_host", "free_host")})
         self.mdl = SimpleNamespace(**{n: getattr(self, f"mdl_{n}") for n in (
-            "load_from_file", "unload", "create_desc", "get_desc", "destroy_desc", "get_num_inputs", "get_num_outputs",
+            "load_from_file", "load_from_mem", "unload", "create_desc", "get_desc", "destroy_desc", "get_num_inputs", "get_num_outputs",
             "get_input_name_by_index", "get_output_name_by_index", "get_input_size_by_index", "get_output_size_by_index",
             "get_input_index_by_name", "get_output_data_type", "get_cur_output_dims", "create_dataset",
             "add_dataset_buffer", "destroy_dataset", "set_input_dynamic_dims", "execute")})
@@ -105,7 +112,8 @@ class FakeAcl:
 
     def leaks(self) -> list[str]:
         """Anything still allocated or initialised (empty after a correct teardown)."""
-        out = [f"{len(v)} {k}" for k, v in (("device buffers", self.memory), ("data buffers", self.data_buffers),
+        out = [f"{len(v)} {k}" for k, v in (("device buffers", self.memory), ("host buffers", self.host_memory),
+                                             ("data buffers", self.data_buffers),
                                              ("datasets", self.datasets), ("models", self.models),
                                              ("descs", self.descs), ("contexts", self.contexts)) if v]
         return out + (["acl not finalized"] if self.initialized else []) + (["device not reset"] if self.device is not None else [])
@@ -184,6 +192,16 @@ class FakeAcl:
         self._log("rt.free")
         return 0 if self.memory.pop(ptr, None) is not None else ERR_INVALID_PARAM
 
+    def rt_malloc_host(self, size):
+        self._log("rt.malloc_host")
+        buf = np.full(max(size, 1), 0xFF, dtype=np.uint8)
+        self.host_memory[buf.ctypes.data] = buf
+        return buf.ctypes.data, 0
+
+    def rt_free_host(self, ptr):
+        self._log("rt.free_host")
+        return 0 if self.host_memory.pop(ptr, None) is not None else ERR_INVALID_PARAM
+
     def rt_memset(self, ptr, max_count, value, count):
         self._log("rt.memset")
         if count > max_count or not self._device_range(ptr, count) or not 0 <= value <= 255:
@@ -191,8 +209,9 @@ class FakeAcl:
         ctypes.memset(ptr, value, count)
         return 0
 
-    def _device_range(self, ptr, count):
-        return any(base <= ptr and ptr + count <= base + buf.nbytes for base, buf in self.memory.items())
+    def _device_range(self, ptr, count, memory=None):
+        memory = self.memory if memory is None else memory
+        return any(base <= ptr and ptr + count <= base + buf.nbytes for base, buf in memory.items())
 
     def rt_memcpy(self, dst, dst_max, src, count, kind):
         self._log("rt.memcpy")
@@ -211,10 +230,27 @@ class FakeAcl:
     def mdl_load_from_file(self, path):
         self._log("mdl.load_from_file")
         try:
-            om = json.loads(Path(path).read_text())
-        except (OSError, ValueError):
+            data = Path(path).read_bytes()
+        except OSError:
             return 0, 500002  # ACL_ERROR_READ_MODEL_FAILURE-style code
-        om["session"] = ort.InferenceSession(str(Path(path).parent / om["onnx"]), providers=["CPUExecutionProvider"])
+        return self._load(data)
+
+    def mdl_load_from_mem(self, model, model_size):
+        """pyACL: model_id, ret = acl.mdl.load_from_mem(model, model_size); the bytes must lie in device memory when
+        the program runs on the device (RC, the 310B boards) and in host memory otherwise."""
+        self._log("mdl.load_from_mem")
+        memory = self.memory if self.run_mode == ACL_DEVICE else self.host_memory
+        if not self._device_range(model, model_size, memory):
+            return 0, ERR_INVALID_PARAM
+        return self._load(ctypes.string_at(model, model_size))
+
+    def _load(self, data: bytes):
+        try:
+            om = json.loads(data)
+            onnx = base64.b64decode(om["onnx_bytes"])
+        except (ValueError, KeyError, TypeError):
+            return 0, ERR_DESERIALIZE_MODEL
+        om["session"] = ort.InferenceSession(onnx, providers=["CPUExecutionProvider"])
         model_id = next(self._ids)
         self.models[model_id] = om
         return model_id, 0
