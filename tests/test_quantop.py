@@ -18,6 +18,8 @@ from host.errors import InputError
 from tests.support.compile_bundles import FAKE_BIN
 from tests.support.onnx_graphs import tiny_llm_onnx
 
+pytestmark = pytest.mark.cann_double  # AscendQuant's semantics and the stand-in ATC are ours, from CANN's docs
+
 
 class AscendQuant(OpRun):
     """CANN's documented AscendQuant: y = round(x * scale + offset), saturated to int8 (ties away from zero,
