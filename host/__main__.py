@@ -138,13 +138,14 @@ def _run_compile(args) -> int:
     import json
     from pathlib import Path
 
-    from host.ascend.compile import CompileConfig, command_for, compile_bundle, prepare
+    from host.ascend.compile import CompileConfig, command_for, compile_bundle, ort_hint, prepare, rebuild_for_ascend
 
     config = CompileConfig(bundle=Path(args.bundle), soc=args.soc, runner=args.runner,
                            precision_mode=args.precision_mode, image=args.image, board=args.board)
     if args.check_only or args.dry_run:
         manifest, report = prepare(config)
-        result = {"opcheck": report.to_dict()}
+        rebuild = rebuild_for_ascend(config, manifest, report)
+        result = {"opcheck": report.to_dict(), "rebuild": rebuild}
         if args.dry_run:
             command = command_for(config, manifest, None, Path(config.bundle).resolve())
             result.update(command.to_dict())
@@ -152,6 +153,9 @@ def _run_compile(args) -> int:
             print(json.dumps(result, indent=2))
         else:
             print(report.summary())
+            print(report.verdict())
+            if rebuild:
+                print(ort_hint(rebuild))
             if args.dry_run:
                 print(command.summary())
                 print(result["command"])
