@@ -7,6 +7,7 @@
     fab serve [--board NAME] [--port P] [--local-port L]   the server in the foreground, port forwarded here
 
 Each task acts on every board, or the one named; the work lives in the deploy/ package.
+`fab TASK --help` (or `fab --help TASK`) shows a task's options.
 """
 from __future__ import annotations
 
