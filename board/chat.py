@@ -16,7 +16,7 @@ import numpy as np
 from board.chat_template import chat_ids, conversation, render_messages
 from board.engine import Engine
 from board.errors import BoardError
-from board.generate import GenerateConfig, GenerationResult, generate
+from board.generate import GenerateConfig, GenerationResult, finish_mark, generate
 from board.manifest import ChatTemplate
 from board.tokenizer import Tokenizer
 
@@ -127,5 +127,4 @@ def run_repl(session: ChatSession, read=input, out=sys.stdout) -> int:
         except BoardError as e:  # e.g. a message too long for the window: say so, keep the session
             print(f"error: {e}", file=out, flush=True)
             continue
-        suffix = " [stopped]" if result.finish_reason == "interrupted" else ""
-        print(suffix, file=out, flush=True)
+        print(finish_mark(result.finish_reason), file=out, flush=True)

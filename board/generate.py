@@ -16,6 +16,16 @@ from board.sampling import SamplingConfig, sample
 from board.tokenizer import Tokenizer
 
 
+# What a person sees after an answer that did not end by itself (the page shows the same words).
+MARKS = {"length": "[length]", "context": "[length]", "interrupted": "[stopped]"}
+
+
+def finish_mark(finish_reason: str) -> str:
+    """" [length]" or " [stopped]" to print after an answer cut short; "" after one that ended by itself."""
+    mark = MARKS.get(finish_reason)
+    return f" {mark}" if mark else ""
+
+
 @dataclass(frozen=True)
 class GenerateConfig:
     max_new_tokens: int = 128

@@ -27,9 +27,11 @@ def _checked(remote: Remote, args: list[str], what: str, stream: bool = False) -
     return result.stdout
 
 
-def generate(remote: Remote, prompt: str, max_new_tokens: int, greedy: bool = False, stream: bool = False) -> str:
-    """The text the board's model generates for one prompt (streamed to stdout when stream)."""
-    args = ["generate", "--prompt", prompt, "--max-new-tokens", str(max_new_tokens)]
+def generate(remote: Remote, prompt: str, max_new_tokens: int, greedy: bool = False, stream: bool = False,
+             raw: bool = False) -> str:
+    """The text the board's model generates for one prompt (streamed to stdout when stream): an answer to it
+    when the bundle has a chat template, else its continuation; raw: always the continuation."""
+    args = ["generate", "--prompt", prompt, "--max-new-tokens", str(max_new_tokens), "--chat", "no" if raw else "auto"]
     return _checked(remote, args + (["--greedy"] if greedy else []), "generate", stream)
 
 

@@ -3,12 +3,13 @@
 `fab TASK` in a checkout (fabfile.py imports these), `edge-llm-fab TASK` anywhere once installed.
 
     fab deploy --bundle bundles/model [--board NAME]   upload, verify on the board, switch `current`
-    fab chat | generate --prompt TEXT | bench | status | rollback   [--board NAME]
+    fab chat | generate --prompt TEXT [--raw] | bench | status | rollback   [--board NAME]
     fab setup [--wheels DIR] [--with-plugin] | doctor [--bundle DIR] [--json]   prepare / check boards
     fab service install|start|stop|restart|status|logs [--port P] [--api-key-file F]   the OpenAI server
     fab serve [--board NAME] [--port P] [--local-port L]   the server in the foreground, port forwarded here
 
 Each task acts on every board, or the one named; the work lives in the rest of the deploy/ package.
+`fab TASK --help` (or `fab --help TASK`) shows a task's options.
 """
 from __future__ import annotations
 
@@ -50,8 +51,10 @@ def _count(value, option: str, task: str) -> int:
 
 @task(help={"bundle": "bundle directory (from `python -m host build`)", "board": "only this board",
             "no_reuse": "upload every file even when the board already has it"})
-def deploy(c, bundle, board=None, no_reuse=False):
+def deploy(c, bundle=None, board=None, no_reuse=False):
     """Upload a bundle and board/ code, verify every sha256 on the board, switch `current`."""
+    if bundle is None:
+        raise Exit("deploy: give the bundle with --bundle DIR (options: fab --help deploy)", code=2)
     chosen = fleet.boards(board)
     payload = _bundle(bundle, "refusing to deploy")
 
@@ -82,18 +85,23 @@ def status(c, board=None, json_=False):
     fleet.on_each(fleet.boards(board), one, "status")
 
 
-@task(help={"prompt": "the prompt", "max_new_tokens": "tokens to generate", "greedy": "greedy decoding",
+@task(help={"prompt": "the prompt (a question to a chat model)", "max_new_tokens": "tokens to generate",
+            "greedy": "greedy decoding", "raw": "continue the prompt's text, without the chat template",
             "board": "only this board"})
-def generate(c, prompt, max_new_tokens="64", greedy=False, board=None):  # str: checked by _count, one line
-    """Generate once from a prompt on the board's current release and print the text."""
+def generate(c, prompt=None, max_new_tokens="64", greedy=False, raw=False, board=None):  # str: checked by _count
+    """Answer a prompt on the board's current release (chat template when the bundle has one) and print it."""
+    # prompt and bundle (deploy) default to None: Invoke makes a parameter without a default positional,
+    # and a positional takes any word as its value, `--help` too (`fab generate --help` generated from it)
+    if prompt is None:
+        raise Exit("generate: give the prompt with --prompt TEXT (options: fab --help generate)", code=2)
     count = _count(max_new_tokens, "max-new-tokens", "generate")
     chosen = fleet.boards(board)
 
     def one(remote):
         if len(chosen) == 1:  # one board: stream the text as the board produces it
-            board_cli.generate(remote, prompt, count, greedy, stream=True)
+            board_cli.generate(remote, prompt, count, greedy, stream=True, raw=raw)
         else:
-            print(f"[{remote.board.name}] {board_cli.generate(remote, prompt, count, greedy)}", end="")
+            print(f"[{remote.board.name}] {board_cli.generate(remote, prompt, count, greedy, raw=raw)}", end="")
 
     fleet.on_each(chosen, one, "generate")
 
@@ -152,6 +160,11 @@ SERVICE_ACTIONS = ("install", "start", "stop", "restart", "status", "logs")
             "board": "only this board", "lines": "log lines to show (logs)"})
 def service(c, action, port=8080, host="127.0.0.1", api_key_file=None, board=None, lines=50):
     """Run `python -m board serve` as a systemd service (fallback: a background process) on each board."""
+    if action in ("-h", "--help"):  # the positional action takes any word: show the help `fab --help service` shows
+        from fabric.main import program
+
+        program.run(["fab", "--search-root", str(Path(__file__).parent), "--help", "service"], exit=False)
+        return
     if action not in SERVICE_ACTIONS:
         raise Exit(f"service: unknown action {action!r}; use one of {', '.join(SERVICE_ACTIONS)}", code=2)
     key = Path(api_key_file) if api_key_file else None

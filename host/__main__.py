@@ -148,7 +148,8 @@ def _run_compile(args) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from host.ascend.compile import CompileConfig, command_for, compile_bundle, int8_line, prepare
+    from host.ascend.compile import (CompileConfig, command_for, compile_bundle, int8_line, ort_hint, prepare,
+                                     rebuild_for_ascend)
 
     config = CompileConfig(bundle=Path(args.bundle), soc=args.soc, runner=args.runner,
                            precision_mode=args.precision_mode, image=args.image, board=args.board, int8_op=args.int8_op,
@@ -157,7 +158,8 @@ def _run_compile(args) -> int:
         with tempfile.TemporaryDirectory(prefix="edge-llm-atc-") as tmp:
             prepared = prepare(config, Path(tmp))
         report = prepared.report
-        result = {"opcheck": report.to_dict(), "int8": prepared.int8.to_dict()}
+        rebuild = rebuild_for_ascend(config, prepared.manifest, report)
+        result = {"opcheck": report.to_dict(), "int8": prepared.int8.to_dict(), "rebuild": rebuild}
         if args.dry_run:
             # the bundle's path, not the scratch copy (gone by now): int8_line says what ATC's copy changes
             command = command_for(config, replace(prepared, graph_dir=Path(config.bundle)), None,
@@ -168,6 +170,9 @@ def _run_compile(args) -> int:
         else:
             print(report.summary())
             print(f"# {int8_line(prepared.int8)}")
+            print(report.verdict())
+            if rebuild:
+                print(ort_hint(rebuild))
             if args.dry_run:
                 print(command.summary())
                 print(result["command"])

@@ -6,7 +6,7 @@ import pytest
 
 from board.backends import open_backend
 from board.bundle import open_bundle
-from board.chat import ChatSession, run_repl
+from board.chat import HELP, ChatSession, run_repl
 from board.engine import Engine
 from board.generate import GenerateConfig
 from board.sampling import SamplingConfig
@@ -54,6 +54,14 @@ def test_ctrl_c_stops_the_answer_and_the_session_goes_on(session):
     assert "[stopped]" in out.getvalue()
     assert len(session.turns) == 2  # both questions answered, the first one cut short
     assert 0 < len(session.turns[0][1]) and session.engine.cache.next_pos > 0
+
+
+def test_an_answer_cut_at_the_token_budget_ends_with_length(session):
+    out = io.StringIO()
+    assert run_repl(session, scripted(["Once upon a time", "/exit"]), out) == 0
+    (user, answer), = session.turns
+    # the random model runs to the 30-token budget (no EOS drawn with this seed): the mark follows the answer
+    assert answer and out.getvalue() == f"{HELP}\n{answer} [length]\n"
 
 
 def test_reset_clears_the_conversation_and_ctrl_d_exits(session):

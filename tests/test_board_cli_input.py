@@ -52,3 +52,14 @@ def test_text_generate_stopped_by_the_position_range_says_so(tiny_bundle, capsys
                      "--greedy"]) == 0
     err = capsys.readouterr().err
     assert err.strip() == "[stopped: the model's position limit of 512 tokens is reached]"
+
+
+def test_generate_chat_auto_uses_the_template_of_a_chat_bundle_only(slow_bundle, tiny_bundle):
+    def ids(bundle, *chat):
+        p = board("generate", "--bundle", bundle, "--prompt", "hi", "--max-new-tokens", "2", "--greedy", "--json", *chat)
+        assert p.returncode == 0, p.stderr
+        return {k: json.loads(p.stdout)[k] for k in ("prompt_tokens", "tokens")}
+
+    # slow_bundle has ChatML: auto wraps the prompt as --chat does; tiny_bundle has none: auto leaves it raw
+    assert ids(slow_bundle, "--chat", "auto") == ids(slow_bundle, "--chat") != ids(slow_bundle)
+    assert ids(tiny_bundle, "--chat", "auto") == ids(tiny_bundle)

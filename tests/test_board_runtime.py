@@ -169,8 +169,9 @@ def test_cli_streams_the_same_text_it_reports(tiny):
     bundle, _ = tiny
     common = ("generate", "--bundle", bundle.path, "--prompt", PROMPT, "--max-new-tokens", 10, "--greedy")
     streamed = run_cli(*common).stdout
-    reported = json.loads(run_cli(*common, "--json").stdout)["text"]
-    assert streamed == reported + "\n"
+    reported = json.loads(run_cli(*common, "--json").stdout)
+    assert reported["finish_reason"] == "length"  # the random model runs to the budget: the text says so
+    assert streamed == reported["text"] + " [length]\n"
 
 
 def test_cli_perplexity_bench_info_verify(tiny, tmp_path):

@@ -118,7 +118,27 @@ def test_dry_run_takes_int8_op_and_impl_mode(tmp_path, capsys):
 def test_check_only_exits_1_on_the_u8u8_dialect(tmp_path, capsys):
     bundle = make_bundle(tmp_path, dialect="u8u8")
     rc = main(["compile", "--bundle", str(bundle), "--soc", "Ascend310B4", "--check-only"])
-    assert rc == 1 and "unsupported ai.onnx::MatMulInteger x1: node lm_head_q" in " ".join(capsys.readouterr().out.split())
+    out = capsys.readouterr().out
+    assert rc == 1 and "unsupported ai.onnx::MatMulInteger x1: node lm_head_q" in " ".join(out.split())
+    assert out.splitlines()[-1] == "check: fail: ATC would reject 1 of 9 op types (1 node)"
+
+
+def test_check_only_passes_the_ascend_dialect_with_a_one_line_verdict(tmp_path, capsys):
+    rc = main(["compile", "--bundle", str(make_bundle(tmp_path)), "--soc", "Ascend310B4", "--check-only"])
+    out = capsys.readouterr().out
+    assert rc == 0 and out.splitlines()[-1] == \
+        "check: pass: ATC parses all 9 op types (10 nodes); MatMulInteger through the edge_llm plugin"
+
+
+def test_check_only_of_an_onnxruntime_bundle_names_the_build_for_the_npu(tiny_w8a8_bundle, capsys):
+    rc = main(["compile", "--bundle", str(tiny_w8a8_bundle), "--soc", "20T", "--check-only"])
+    *_, verdict, hint = capsys.readouterr().out.splitlines()
+    assert rc == 1 and verdict.startswith("check: fail: ATC would reject 3 of ")
+    # the options come from the bundle's report.json: the same model, quantization and KV length
+    assert hint == ("this bundle is built for onnxruntime (--target ort); rebuild it for the NPU: python -m host build "
+                    f"--model tiny-random-llama --quant w8a8 --kv-len 64 --target ascend --out {tiny_w8a8_bundle}")
+    assert main(["compile", "--bundle", str(tiny_w8a8_bundle), "--soc", "20T", "--check-only", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["rebuild"] == hint.split(": ", 1)[1]
 
 
 # --- the local runner through the stand-in atc ---------------------------------------------
@@ -564,3 +584,13 @@ def test_dry_run_shows_the_host_env_of_this_machine(tmp_path, capsys, monkeypatc
         monkeypatch.setattr("host.ascend.compile.platform.machine", lambda m=machine: m)
         assert main(["compile", "--bundle", str(bundle), "--soc", "20T", "--dry-run", "--json"]) == 0
         assert ("--host_env_cpu=aarch64" in json.loads(capsys.readouterr().out)["argv"]) is flags
+
+
+def test_compiling_an_onnxruntime_bundle_fails_before_atc_and_names_the_build_for_the_npu(tiny_w8a8_bundle, fake_atc_env,
+                                                                                         capsys):
+    before = snapshot(tiny_w8a8_bundle)
+    assert main(["compile", "--bundle", str(tiny_w8a8_bundle), "--soc", "20T", "--runner", "local"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("this bundle is built for onnxruntime (--target ort); rebuild it for the NPU: "
+                                           "python -m host build --model tiny-random-llama ")
+    assert "compile: local:" not in err and snapshot(tiny_w8a8_bundle) == before  # ATC never ran

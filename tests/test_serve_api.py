@@ -53,6 +53,22 @@ def test_models_lists_the_bundle_model_and_health_says_ok(stories):
     assert http(stories.url + "/health") == (200, {"status": "ok", "model": "stories260K"})
 
 
+def test_models_reports_the_sampling_defaults_that_a_request_without_options_gets(stories):
+    status, body = http(stories.url + "/v1/models")
+    defaults = body["data"][0]["sampling_defaults"]
+    assert status == 200 and defaults["max_tokens"] == 256  # `board serve --max-tokens`'s default
+    assert {"temperature", "top_p", "top_k"} <= set(defaults)
+
+    def text(**options):
+        data = json.dumps({"prompt": "Once upon a time", "seed": 7, **options}).encode()
+        status, body = http(stories.url + "/v1/completions", data, {"Content-Type": "application/json"})
+        assert status == 200, body
+        return body["choices"][0]["text"], body["usage"]["completion_tokens"]
+
+    # the same seed with the reported values sent explicitly: the same sampled answer, token for token
+    assert text() == text(**defaults) != text(**{**defaults, "temperature": 0.5 if defaults["temperature"] != 0.5 else 1.0})
+
+
 def test_completion_continues_the_prompt_with_the_models_greedy_text(stories):
     r = stories.client().completions.create(model="stories260K", prompt="Once upon a time", max_tokens=10, **GREEDY)
     assert r.object == "text_completion" and r.id.startswith("cmpl-")

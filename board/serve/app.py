@@ -9,6 +9,7 @@ import asyncio
 import hmac
 import json
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -110,7 +111,15 @@ class Api:
         m = self.worker.bundle.manifest
         return JSONResponse({"object": "list", "data": [{
             "id": self.worker.model_id, "object": "model", "created": 0, "owned_by": "edge-llm",
-            "context_length": m.graph.kv_len, "quantization": m.quantization.scheme}]})
+            "context_length": m.graph.kv_len, "quantization": m.quantization.scheme,
+            "sampling_defaults": self.sampling_defaults()}]})
+
+    def sampling_defaults(self) -> dict:
+        """What a request that names no sampling option gets (the page starts its controls from these).
+
+        Asked of parse_request itself, the one place that decides them, so the two cannot disagree."""
+        req = parse_request({"messages": [{"role": "user", "content": ""}]}, "chat", self.config.max_tokens)
+        return {**asdict(req.sampling), "max_tokens": req.max_tokens}
 
     async def chat(self, request: Request) -> Response:
         return await self._complete(request, "chat")

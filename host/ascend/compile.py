@@ -19,7 +19,9 @@ tagged for another CPU, and the bundle always gets it as model.om.
 """
 from __future__ import annotations
 
+import json
 import platform
+import shlex
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -31,6 +33,8 @@ from host.ascend.install import OM_NAME, install_om
 from host.ascend.opcheck import OpReport, check_graph_inputs, check_model
 from host.ascend.quantop import DEFAULT_INT8_OP, QuantOpResult, write_for_atc
 from host.ascend.runners import DEFAULT_IMAGE, LocalRunner, Runner, select_runner
+from host.bundle import REPORT_NAME
+from host.buildconfig import TARGET_DIALECTS
 from host.errors import InputError
 
 
@@ -73,6 +77,27 @@ def prepare(config: CompileConfig, scratch: Path) -> Prepared:
     return Prepared(manifest, report, graph_dir, int8)
 
 
+def rebuild_for_ascend(config: CompileConfig, manifest: Manifest, report: OpReport) -> str | None:
+    """The build command that makes this bundle for the NPU, when it was built for onnxruntime; else None.
+
+    Its options come from the bundle's report.json (the build's own record) where it has one."""
+    ort = manifest.quantization.dialect in TARGET_DIALECTS["ort"] or any(u.domain == "com.microsoft" for u in report.ops)
+    if not ort:
+        return None
+    try:
+        built = json.loads((Path(config.bundle) / REPORT_NAME).read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        built = {"model": "MODEL"}
+    options = [("--model", built.get("model")), ("--tokenizer", built.get("tokenizer")), ("--calib", built.get("calib")),
+               ("--quant", built.get("quant")), ("--kv-len", built.get("kv_len"))]
+    words = [w for name, value in options if value is not None for w in (name, str(value))]
+    return shlex.join(["python", "-m", "host", "build", *words, "--target", "ascend", "--out", str(config.bundle)])
+
+
+def ort_hint(command: str) -> str:
+    return f"this bundle is built for onnxruntime (--target ort); rebuild it for the NPU: {command}"
+
+
 def command_for(config: CompileConfig, prepared: Prepared, runner: Runner | None, workdir: Path) -> AtcCommand:
     """The ATC command with paths as `runner` sees them (host paths, and this machine's CPU, when runner is None)."""
     manifest = prepared.manifest
@@ -93,7 +118,8 @@ def compile_bundle(config: CompileConfig, runner: Runner | None = None, log=None
         prepared = prepare(config, Path(tmp))  # bad bundles and ops fail before any tool is touched
         manifest, report = prepared.manifest, prepared.report
         if not report.ok:
-            raise CompileError(f"ATC would reject this graph:\n{report.summary()}")
+            rebuild = rebuild_for_ascend(config, manifest, report)
+            raise CompileError(f"ATC would reject this graph:\n{report.summary()}" + (f"\n{ort_hint(rebuild)}" if rebuild else ""))
         runner = runner or select_runner(config)
         if report.needs_plugin and isinstance(runner, LocalRunner):
             runner.check_plugin()

@@ -83,6 +83,20 @@ class OpReport:
             "ops": [u.__dict__ for u in self.ops],
         }
 
+    def verdict(self) -> str:
+        """One line: pass or fail, with the counts behind it."""
+        def nodes(ops) -> str:
+            n = sum(u.count for u in ops)
+            return f"{n} node{'s' * (n != 1)}"
+
+        if self.ok:
+            plugin = f"; {', '.join(sorted(u.op_type for u in self.needs_plugin))} through the edge_llm plugin" \
+                if self.needs_plugin else ""
+            return f"check: pass: ATC parses all {len(self.ops)} op types ({nodes(self.ops)}){plugin}"
+        bad = self.unsupported
+        problems = f", {len(self.problems)} graph problem{'s' * (len(self.problems) != 1)}" if self.problems else ""
+        return f"check: fail: ATC would reject {len(bad)} of {len(self.ops)} op types ({nodes(bad)}){problems}"
+
     def summary(self) -> str:
         """A few lines for people: counts, then every op that needs attention."""
         lines = [f"{self.model}: opset {self.opset}, {len(self.ops)} op types, "
