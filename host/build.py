@@ -25,7 +25,7 @@ from host.chat_source import ChatSource
 from host.errors import BuildError, InputError
 from host.export import export_onnx, graph_record
 from host.gqa import InplaceCacheGraph, gqa_fits
-from host.limits import check_sizes
+from host.buildconfig import check_sizes
 from host.model import EdgeLlama
 from host.ortneeds import min_release, onnxruntime_needs
 from host.quantize import quantize_model, quantized_layer_count

@@ -18,7 +18,7 @@ from host.__main__ import main, sigint_deferred
 from host.build import BuildConfig, build_from_model, check_perplexity
 from host.bundle import clean_stale
 from host.errors import BuildError, InputError
-from host.limits import check_sizes
+from host.buildconfig import check_sizes
 
 
 def host_build(capsys, *args):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from host.embedding import Int8Embedding
+from host.quantize import Int8Embedding
 from host.nbits import NBitsLinear, block_for, quantize_activation_per_block
 from host.quantize import W8A8Linear
 
