@@ -342,7 +342,7 @@ def test_dry_run_of_an_fp16_ascend_bundle_names_precision_and_opset(stories_asce
     lines = capsys.readouterr().out.splitlines()
     cross = "" if platform.machine() == "aarch64" else ", for linux/aarch64 (cross-compiled)"  # ATC's --host_env_*
     assert lines[-2] == ("# Ascend310B1 (20T board), graph opset 11, compute float16, --precision_mode_v2=origin, "
-                         f"gears [1, 16, 64]{cross}")
+                         f"--op_select_implmode=high_precision, gears [1, 16, 64]{cross}")
     assert lines[-1].startswith("atc --model=") and "--precision_mode_v2=origin" in lines[-1]
 
 
