@@ -9,6 +9,7 @@ import asyncio
 import hmac
 import json
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -19,6 +20,8 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from board.generate import GenerateConfig
+from board.manifest import read_manifest
+from board.sampling import model_defaults
 from board.serve.config import ServeConfig
 from board.serve.metrics import Metrics
 from board.serve.prompt import prompt_ids
@@ -75,6 +78,8 @@ class Api:
         self.config = config
         self.metrics = Metrics()
         self.worker = worker or Worker(config, self.metrics)
+        # what a request that names no sampling option gets: known before the model loads, from the manifest
+        self.sampling = model_defaults(read_manifest(config.bundle).sampling)
 
     def _check_key(self, request: Request) -> None:
         if self.config.api_key is None:
@@ -110,7 +115,8 @@ class Api:
         m = self.worker.bundle.manifest
         return JSONResponse({"object": "list", "data": [{
             "id": self.worker.model_id, "object": "model", "created": 0, "owned_by": "edge-llm",
-            "context_length": m.graph.kv_len, "quantization": m.quantization.scheme}]})
+            "context_length": m.graph.kv_len, "quantization": m.quantization.scheme,
+            "sampling_defaults": {**asdict(self.sampling), "max_tokens": self.config.max_tokens}}]})
 
     async def chat(self, request: Request) -> Response:
         return await self._complete(request, "chat")
@@ -124,7 +130,7 @@ class Api:
             body = await request.json()
         except (ValueError, UnicodeDecodeError):
             raise ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
-        req = parse_request(body, kind, self.config.max_tokens)
+        req = parse_request(body, kind, self.config.max_tokens, self.sampling)
         self._check_ready()
         bundle = self.worker.bundle
         ids = prompt_ids(bundle, req, bundle.manifest.graph.kv_len)
