@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -228,6 +228,7 @@ def _run_info(args) -> int:
         "prefill_chunks": m.graph.prefill_chunks,
         "chat_template": m.chat_template.name,
         "chat_template_source": m.chat_template.source,
+        "sampling": {k: v for k, v in asdict(m.sampling).items() if v is not None},  # the model's; the rest built in
         "has_om": bool(m.graph.om),
         "files": {name: e.size for name, e in m.files.items()},
     }
