@@ -1,10 +1,10 @@
 """A model's chat template, stop tokens and sampling defaults, as the bundle carries them to the board.
 
-The Jinja template comes from tokenizer_config.json's `chat_template`, chat_template.jinja or
-chat_template.json (transformers 5 writes those), or a GGUF's metadata; the board renders it
-(board/jinja_template.py) with the special-token strings transformers passes (bos_token, ...).
-An answer ends at the EOS id, at any id of generation_config.json's `eos_token_id` (an int or a
-list), or at the template's end-of-turn token.
+The Jinja template is what transformers' AutoTokenizer reads (tokenizer_config.json's `chat_template`,
+chat_template.jinja or .json, a GGUF's metadata); a SentencePiece model's directory is read here. The
+board renders it (board/jinja_template.py) with the special-token strings transformers passes. An
+answer ends at the EOS id, at any id of generation_config.json's `eos_token_id` (an int or a list), or
+at the template's end-of-turn token. Sampling defaults come from transformers' GenerationConfig.
 """
 from __future__ import annotations
 
