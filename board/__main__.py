@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from board.engine import DEFAULT_SINK, Engine
 from board.errors import BoardError
 from board.generate import GenerateConfig
 from board.manifest import BundleError, load_manifest
-from board.sampling import SamplingConfig
+from board.sampling import SamplingConfig, model_defaults
 
 
 # --- shared options and setup ------------------------------------------------------------
@@ -32,23 +33,23 @@ def _add_bundle(p, runtime: bool = True) -> None:
 
 
 def _add_sampling(p, max_new_tokens: int) -> None:
+    builtin = SamplingConfig()
+    model = "default: the model's generation_config.json, else"
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     p.add_argument("--greedy", action="store_true", help="always take the most likely token (temperature 0)")
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=40, help="0 = off")
-    p.add_argument("--top-p", type=float, default=0.95, help="1.0 = off")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="1.0 = off")
+    p.add_argument("--temperature", type=float, default=None, help=f"{model} {builtin.temperature}")
+    p.add_argument("--top-k", type=int, default=None, help=f"0 = off ({model} {builtin.top_k})")
+    p.add_argument("--top-p", type=float, default=None, help=f"1.0 = off ({model} {builtin.top_p})")
+    p.add_argument("--repetition-penalty", type=float, default=None, help=f"1.0 = off ({model} {builtin.repetition_penalty})")
     p.add_argument("--seed", type=int, default=0)
 
 
 def _generate_config(args, bundle: Bundle) -> GenerateConfig:
+    """The options given, over the model's sampling defaults (board.sampling.model_defaults)."""
+    given = {"temperature": 0.0 if args.greedy else args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+             "repetition_penalty": args.repetition_penalty}
     try:
-        sampling = SamplingConfig(
-            temperature=0.0 if args.greedy else args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            repetition_penalty=args.repetition_penalty,
-        )
+        sampling = replace(model_defaults(bundle.manifest.sampling), **{k: v for k, v in given.items() if v is not None})
         return GenerateConfig(args.max_new_tokens, sampling, tuple(bundle.manifest.tokens.stop_strings))
     except ValueError as e:  # the configs name the bad value; here it becomes a bad option
         raise BoardError(f"{e}; fix the option (see --help)") from None
@@ -86,7 +87,7 @@ def _run_chat(args) -> int:
 
 # --- generate ------------------------------------------------------------------------------
 def _run_generate(args) -> int:
-    from board.chat_template import chat_ids, conversation, render_messages
+    from board.chat_template import chat_ids
     from board.generate import finish_mark, generate
 
     bundle = open_bundle(args.bundle, verify=not args.no_verify)
@@ -94,9 +95,10 @@ def _run_generate(args) -> int:
     tok, template = bundle.tokenizer, bundle.manifest.chat_template
     prompt = _text(args.prompt)
     # auto (what `fab generate` asks for): a chat model answers a question; a plain LM continues the text
-    chat = args.chat == "yes" or (args.chat == "auto" and (template.jinja or template.name != "none"))
+    chat = args.chat == "yes" or (args.chat == "auto" and (template.source != "builtin" or template.name != "none"))
     if chat:
-        ids = chat_ids(tok, template, render_messages(template, conversation(_text(args.system or ""), [], prompt)))
+        system = [{"role": "system", "content": _text(args.system)}] if args.system else []
+        ids = chat_ids(tok, template, system + [{"role": "user", "content": prompt}])
     else:
         ids = tok.encode(prompt, bos=True)
     backend, engine = _engine(args, bundle)
@@ -229,6 +231,7 @@ def _run_info(args) -> int:
         "prefill_chunks": m.graph.prefill_chunks,
         "chat_template": m.chat_template.name,
         "chat_template_source": m.chat_template.source,
+        "sampling": {k: v for k, v in asdict(m.sampling).items() if v is not None},  # the model's; the rest built in
         "has_om": bool(m.graph.om),
         "files": {name: e.size for name, e in m.files.items()},
     }

@@ -1,10 +1,11 @@
 """Interactive chat: a multi-turn session on one KV cache, and the read-eval-print loop around it.
 
-Each turn renders the whole conversation with the bundle's chat template and feeds only the text
-past what the cache already holds; when the rendering no longer starts with that text (the
-template rewrote an earlier turn), or the model's position range would run out, the history is
-re-encoded from scratch, trimmed to the newest turns that fit the KV window. Ctrl-C stops the
-current answer, not the session; /reset and /exit.
+Each turn renders the whole conversation (OpenAI-style messages) with the bundle's chat template and
+lets the engine keep the longest prefix of those ids it already holds (`Engine.reuse_prefix`, as the
+server does), so only the rest is fed. When that rest and an answer would run past the model's
+position range, or the cache lost its prefix to eviction, the history is re-encoded from scratch,
+trimmed to the newest turns that fit the KV window. Ctrl-C stops the current answer, not the
+session; /reset and /exit.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from board.chat_template import chat_ids, conversation, render_messages
+from board.chat_template import chat_ids
 from board.engine import Engine
 from board.errors import BoardError
 from board.generate import GenerateConfig, GenerationResult, finish_mark, generate
@@ -29,44 +30,34 @@ class ChatSession:
     cfg: GenerateConfig
     rng: np.random.Generator
     system: str = ""
-    turns: list = field(default_factory=list)  # [(user, answer)]
-    rebuilds: int = 0  # times the history was re-encoded (position range exhausted, or interrupted prefill)
-    _unfed: list = field(default_factory=list)  # ids of the last answer not in the cache yet
-    _held: str = ""  # the rendered text the cache holds: last prompt and answer
-    _dirty: bool = False  # the cache holds a half-fed prompt (interrupted prefill)
+    messages: list = field(default_factory=list)  # the history: user and assistant messages, alternating
+    rebuilds: int = 0  # times the history was re-encoded (position range exhausted, or its prefix evicted)
 
     def reset(self) -> None:
         self.engine.reset()
-        self.turns, self._unfed, self._dirty = [], [], False
+        self.messages = []
 
     def ask(self, user: str, on_text=None, on_notice=None) -> GenerationResult:
         """Answer one user message, streaming text to on_text; the turn is kept in the history."""
-        text = self._render(self.turns, user)
-        ids, cfg = (None if self._dirty else self._new_ids(text)), self.cfg
-        if ids is None or len(ids) + cfg.max_new_tokens > self.engine.positions_left:
-            ids, text, cfg = self._rebuild(user, on_notice)
-        result = generate(self.engine, self.tokenizer, ids, cfg, self.rng, on_text)
-        self._dirty = result.finish_reason == "interrupted" and not result.tokens
-        if not self._dirty:
-            self.turns.append((user, result.text))
-            self._unfed, self._held = result.unfed, text + result.text
+        history, cfg = self.messages, self.cfg
+        ids = self._ids(history, user)
+        cached = self.engine.reuse_prefix(ids)
+        evicted = history and not cached and len(ids) + cfg.max_new_tokens > self.engine.cache.kv_len
+        if len(ids) - cached + cfg.max_new_tokens > self.engine.positions_left or evicted:
+            history, ids, cfg = self._rebuild(user, on_notice)
+            cached = 0
+        result = generate(self.engine, self.tokenizer, ids[cached:], cfg, self.rng, on_text)
+        # a prompt cut before any answer is left out of the history (the next turn's prefix reuse drops it)
+        if result.finish_reason != "interrupted" or result.tokens:
+            self.messages = history + [_message("user", user), _message("assistant", result.text)]
         return result
 
-    def _render(self, turns: list, user: str) -> str:
-        """The whole conversation (history, then the new message) with the generation prompt."""
-        return render_messages(self.template, conversation(self.system, turns, user))
+    def _ids(self, history: list, user: str) -> list[int]:
+        """Ids of the whole conversation (system prompt, history, the new message) with the generation prompt."""
+        system = [_message("system", self.system)] if self.system else []
+        return chat_ids(self.tokenizer, self.template, system + history + [_message("user", user)])
 
-    def _new_ids(self, text: str) -> list[int] | None:
-        """Ids that bring the cache to `text`: the answer ids not yet fed, then the new suffix's;
-        None when `text` does not start with what the cache holds (the template rewrote the history)."""
-        if not self.turns:
-            self.engine.reset()
-            return chat_ids(self.tokenizer, self.template, text)
-        if len(text) <= len(self._held) or not text.startswith(self._held):
-            return None
-        return self._unfed + self.tokenizer.encode(text[len(self._held) :])
-
-    def _rebuild(self, user: str, on_notice=None) -> tuple[list[int], str, GenerateConfig]:
+    def _rebuild(self, user: str, on_notice=None) -> tuple[list, list[int], GenerateConfig]:
         """Reset the cache and encode the newest turns that fit the window beside the message and its answer.
 
         The user's message is never cut: when it and a full answer do not fit the KV window, the
@@ -75,7 +66,7 @@ class ChatSession:
         self.engine.reset()
         self.rebuilds += 1
         kv_len = self.engine.cache.kv_len
-        message = chat_ids(self.tokenizer, self.template, self._render([], user))
+        message = self._ids([], user)
         room = min(kv_len, self.engine.positions_left) - len(message)
         if room < 1:
             raise BoardError(
@@ -88,13 +79,16 @@ class ChatSession:
             (on_notice or (lambda text: None))(
                 f"[answer limited to {room} tokens so that your {len(message)}-token message fits the {kv_len}-token window]"
             )
-        for start in range(len(self.turns) + 1):
-            text = self._render(self.turns[start:], user)
-            ids = chat_ids(self.tokenizer, self.template, text)
+        for start in range(0, len(self.messages) + 1, 2):  # whole turns: a user message and its answer
+            history = self.messages[start:]
+            ids = self._ids(history, user)
             if len(ids) + cfg.max_new_tokens <= kv_len:
                 break
-        self.turns = self.turns[start:]
-        return ids, text, cfg
+        return history, ids, cfg
+
+
+def _message(role: str, content: str) -> dict:
+    return {"role": role, "content": content}
 
 
 HELP = "/reset clears the conversation, /exit (or Ctrl-D) quits; Ctrl-C stops the current answer"

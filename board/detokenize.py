@@ -1,39 +1,32 @@
 """Streaming text out of token ids: never emit half a UTF-8 character, never emit a stop string.
 
-StreamDecoder re-decodes a short window of recent ids and emits only the new, complete suffix (the
-approach of text-generation-inference), which also keeps SentencePiece's leading spaces right.
-StopFilter holds back text that could still turn into a stop string.
+TextStream wraps tokenizers' DecodeStream (which re-decodes a short window and emits only the new,
+complete suffix, keeping SentencePiece's leading spaces right) and hands out what it still holds at
+the end. StopFilter holds back text that could still turn into a stop string.
 """
 from __future__ import annotations
 
-REPLACEMENT = "\ufffd"  # what a decoder yields for an incomplete byte sequence
+from tokenizers.decoders import DecodeStream
 
 
-class StreamDecoder:
+class TextStream:
     """Feed ids one at a time; `push` returns the text that is now certain (maybe '')."""
 
-    def __init__(self, decode, context_ids=()):
-        self._decode = decode
-        # a few already-printed ids give the decoder its left context (e.g. the space before a word)
-        self._ids = list(context_ids)[-4:]
-        self._prefix = 0
-        self._read = len(self._ids)
+    def __init__(self, tokenizer, context_ids=()):
+        self._tok = tokenizer  # a tokenizers.Tokenizer
+        # already-printed ids give the decoder its left context (e.g. the space before a word)
+        self._stream = DecodeStream(ids=[int(i) for i in context_ids], skip_special_tokens=True)
+        self._pending: list[int] = []  # ids since the last text: an incomplete character so far
 
     def push(self, token_id: int) -> str:
-        self._ids.append(token_id)
-        before = self._decode(self._ids[self._prefix : self._read])
-        text = self._decode(self._ids[self._prefix :])
-        if len(text) > len(before) and not text.endswith(REPLACEMENT):
-            self._prefix, self._read = self._read, len(self._ids)
-            return text[len(before) :]
-        return ""
+        text = self._stream.step(self._tok, int(token_id))
+        self._pending = [] if text is not None else self._pending + [int(token_id)]
+        return text or ""
 
     def flush(self) -> str:
-        """Whatever is pending at the end (an incomplete character stays as U+FFFD)."""
-        before = self._decode(self._ids[self._prefix : self._read])
-        text = self._decode(self._ids[self._prefix :])
-        self._prefix = self._read = len(self._ids)
-        return text[len(before) :]
+        """What is pending at the end: an incomplete character decodes as U+FFFD, as a full decode gives it."""
+        text, self._pending = (self._tok.decode(self._pending, skip_special_tokens=True) if self._pending else ""), []
+        return text
 
 
 class StopFilter:

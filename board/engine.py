@@ -56,11 +56,14 @@ class Engine:
     def reuse_prefix(self, ids) -> int:
         """Keep the longest cached prefix of `ids` (rewinding past it) and return its length.
 
-        At least one id is left to feed, so the caller gets fresh logits. Nothing is reused once
-        tokens were evicted: attention over a window differs from attention over the whole prefix.
+        At least one id is left to feed, so the caller gets fresh logits. Once tokens were evicted the
+        cache cannot rewind (attention over a window differs from attention over the whole prefix): it is
+        kept only when `ids` extend everything fed (a chat running past its window), else reset.
         """
         ids = [int(i) for i in ids]
         if self.cache.used != len(self.fed):
+            if len(ids) > len(self.fed) and ids[: len(self.fed)] == self.fed:
+                return len(self.fed)
             self.reset()
             return 0
         n = 0

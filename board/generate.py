@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from board.detokenize import StopFilter, StreamDecoder
+from board.detokenize import StopFilter
 from board.engine import Engine
 from board.sampling import SamplingConfig, sample
 from board.tokenizer import Tokenizer
@@ -74,7 +74,7 @@ def generate(
     `cancelled()` is asked before each new token; True ends the answer as "interrupted" (a server's
     client went away)."""
     on_text = on_text or (lambda piece: None)
-    decoder = StreamDecoder(tokenizer.decode, context_ids=engine.fed[-4:] + list(prompt_ids)[-4:])
+    decoder = tokenizer.stream(context_ids=(engine.fed[-4:] + list(prompt_ids)[-4:])[-4:])
     stop = StopFilter(cfg.stop_strings)
     stop_ids = {tokenizer.tokens.eos_id, *tokenizer.tokens.stop_ids}  # EOS, and the template's end of turn
     tokens: list[int] = []

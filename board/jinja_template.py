@@ -1,7 +1,7 @@
-"""A model's own Jinja chat template, rendered on the board the way transformers' apply_chat_template does.
+"""A bundle's Jinja chat template, rendered on the board the way transformers' apply_chat_template does.
 
-The template comes from the model (tokenizer_config.json, chat_template.jinja or GGUF metadata) and
-is untrusted code: it runs in jinja2's ImmutableSandboxedEnvironment with the environment
+The template comes from the model (tokenizer_config.json, chat_template.jinja or GGUF metadata), or
+is a built-in one (board/chat_templates/) for a model without; a model's is untrusted code: it runs in jinja2's ImmutableSandboxedEnvironment with the environment
 transformers gives it (trim_blocks, lstrip_blocks, loop controls, `tojson` without HTML escaping,
 `raise_exception`, `strftime_now`, the special-token strings), so the same messages render to
 the same text on the board as on the host.

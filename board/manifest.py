@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from board.ortneeds import version_tuple
 
 # What each version changed, why, and what an older board does: docs/bundle-format.md.
-FORMAT_VERSION = 7
-SUPPORTED_FORMAT_VERSIONS = (1, 2, 3, 4, 5, 6, 7)  # older versions load with the new fields at their defaults
+FORMAT_VERSION = 8
+SUPPORTED_FORMAT_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)  # older versions load with the new fields at their defaults
 MANIFEST_NAME = "manifest.json"
 
 
@@ -97,55 +98,54 @@ class Tokens:
     eos_id: int
     pad_id: int
     add_bos: bool = True
-    stop_strings: list = field(default_factory=list)  # the chat template's (ChatTemplate.stop_strings), for the runtime
+    stop_strings: list = field(default_factory=list)  # text that ends an answer beyond the EOS id (never shown)
     stop_ids: list = field(default_factory=list)  # ids that end an answer besides eos_id (generation_config, end of turn)
 
 
 @dataclass(frozen=True)
 class ChatTemplate:
-    """How to render a conversation: the model's own Jinja template when `jinja` is set (rendered as
-    transformers does, board/jinja_template.py), else these rules, where `{content}` is the message text."""
+    """How to render a conversation: Jinja source, rendered as transformers does (board/jinja_template.py)."""
 
-    name: str  # "zephyr" | "llama2" | "chatml" | "none": the built-in rules (and stop strings) of its family
-    system: str = ""  # rendered once before the first user turn
-    system_in_user: str = ""  # or: prefixed to the first user message (Llama-2 style)
-    user: str = "{content}"
-    assistant: str = "{content}"
-    generation_prompt: str = ""
-    default_system: str = ""
-    stop_strings: list = field(default_factory=list)  # text that ends an answer beyond the EOS id (never shown)
-    jinja: str = ""  # the model's chat template (Jinja source); "" when it has none
+    name: str  # the family it renders like (zephyr, llama2, chatml, none), for `board info`
+    jinja: str = ""  # the model's own template, or the built-in one of its family (board/chat_templates/)
     source: str = "builtin"  # where it came from: tokenizer_config.json, chat_template.jinja, gguf, or builtin
     special_tokens: dict = field(default_factory=dict)  # bos_token, eos_token, ... as the template sees them
 
 
-CHAT_TEMPLATES: dict[str, ChatTemplate] = {
-    "zephyr": ChatTemplate(
-        name="zephyr",
-        system="<|system|>\n{content}</s>\n",
-        user="<|user|>\n{content}</s>\n",
-        assistant="<|assistant|>\n{content}</s>\n",
-        generation_prompt="<|assistant|>\n",
-        stop_strings=["<|user|>", "<|system|>"],
-    ),
-    "llama2": ChatTemplate(
-        name="llama2",
-        system_in_user="<<SYS>>\n{content}\n<</SYS>>\n\n",
-        user="[INST] {content} [/INST]",
-        assistant=" {content} </s><s>",
-        generation_prompt="",
-        stop_strings=["[INST]"],
-    ),
-    "chatml": ChatTemplate(
-        name="chatml",
-        system="<|im_start|>system\n{content}<|im_end|>\n",
-        user="<|im_start|>user\n{content}<|im_end|>\n",
-        assistant="<|im_start|>assistant\n{content}<|im_end|>\n",
-        generation_prompt="<|im_start|>assistant\n",
-        stop_strings=["<|im_end|>"],
-    ),
-    "none": ChatTemplate(name="none"),
-}
+@dataclass(frozen=True)
+class Sampling:
+    """The model's own sampling defaults (generation_config.json); None where it says nothing."""
+
+    temperature: float | None = None  # 0: greedy (generation_config's do_sample false)
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float | None = None
+
+
+BUILTIN_TEMPLATES = ("zephyr", "llama2", "chatml", "none")
+TEMPLATES_DIR = Path(__file__).with_name("chat_templates")
+# the rule fields a format <= 7 manifest kept beside the Jinja source
+_RULE_FIELDS = ("system", "system_in_user", "user", "assistant", "generation_prompt", "default_system", "stop_strings")
+
+
+def builtin_chat_template(name: str) -> ChatTemplate:
+    """The built-in template of a family (board/chat_templates/NAME.jinja), for a model that has none."""
+    if name not in BUILTIN_TEMPLATES:
+        raise BundleError(f"no built-in chat template {name!r}; use one of {', '.join(BUILTIN_TEMPLATES)}")
+    return ChatTemplate(name=name, jinja=(TEMPLATES_DIR / f"{name}.jinja").read_text(encoding="utf-8"))
+
+
+def _chat_template(data, version: int, where: str) -> ChatTemplate:
+    """The manifest's chat template; before format 8 a rule-named one without Jinja gets its built-in file."""
+    if version >= 8 or not isinstance(data, dict):
+        return _build(ChatTemplate, data, where)
+    kept = _build(ChatTemplate, {k: v for k, v in data.items() if k not in _RULE_FIELDS}, where)
+    if kept.jinja:
+        return kept
+    try:
+        return replace(builtin_chat_template(kept.name), source=kept.source, special_tokens=kept.special_tokens)
+    except BundleError as e:
+        raise BundleError(f"{where}: {e}; rebuild the bundle") from None
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,7 @@ class Manifest:
     chat_template: ChatTemplate
     files: dict  # {relative path: FileEntry}
     tokenizer: str = "tokenizer.json"
+    sampling: Sampling = field(default_factory=Sampling)
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -251,6 +252,12 @@ def _build(cls, data: Any, where: str):
         raise BundleError(f"{where}: {e}; rebuild the bundle with a matching edge-llm version") from None
 
 
+def _sampling_ok(s: Sampling) -> bool:
+    ok = {"temperature": lambda v: 0 <= v < math.inf, "top_k": lambda v: v >= 0, "top_p": lambda v: 0 < v <= 1,
+          "repetition_penalty": lambda v: 0 < v < math.inf}  # NaN fails every comparison
+    return all(getattr(s, name) is None or check(getattr(s, name)) for name, check in ok.items())
+
+
 def _check_ranges(m: Manifest, where: str) -> None:
     """Values a well-formed manifest can hold; BundleError for the first that is out of range."""
     a, g = m.arch, m.graph
@@ -267,6 +274,7 @@ def _check_ranges(m: Manifest, where: str) -> None:
         (m.quantization.scheme in QUANT_SCHEMES and m.quantization.dialect in (None, *DIALECTS), "unknown quantization"),
         (all(0 <= i < a.vocab_size for i in (m.tokens.bos_id, m.tokens.eos_id, m.tokens.pad_id)), "token ids outside the vocabulary"),
         (all(isinstance(s, str) for s in m.tokens.stop_strings), "tokens.stop_strings must be strings"),
+        (_sampling_ok(m.sampling), "sampling: temperature >= 0, top_k >= 0, top_p in (0, 1], repetition_penalty > 0"),
         (all(type(i) is int and 0 <= i < a.vocab_size for i in m.tokens.stop_ids), "tokens.stop_ids outside the vocabulary"),
         (all(e.size >= 0 and _SHA256.fullmatch(e.sha256) for e in m.files.values()), "files need a size >= 0 and a hex sha256"),
         ((g.min_onnxruntime is None or version_tuple(g.min_onnxruntime)) and all(
@@ -312,7 +320,8 @@ def manifest_from_dict(data: dict, where: str = MANIFEST_NAME) -> Manifest:
         graph=_build(Graph, graph, where),
         quantization=_build(Quantization, data["quantization"], where),
         tokens=_build(Tokens, data["tokens"], where),
-        chat_template=_build(ChatTemplate, data["chat_template"], where),
+        chat_template=_chat_template(data["chat_template"], version, where),
+        sampling=_build(Sampling, data.get("sampling", {}), where),
         files={k: _build(FileEntry, v, where) for k, v in files.items()},
         tokenizer=_expect(data.get("tokenizer", "tokenizer.json"), str, "tokenizer", where),
     )

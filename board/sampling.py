@@ -6,7 +6,7 @@ Pure numpy. The random draw comes from a passed np.random.Generator, so runs are
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -17,7 +17,10 @@ OPENAI_PENALTY = 2.0  # frequency/presence penalties are in [-2, 2], as OpenAI's
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """temperature 0 means greedy; top_k 0 and top_p 1.0 switch those filters off."""
+    """temperature 0 means greedy; top_k 0 and top_p 1.0 switch those filters off.
+
+    The defaults here are the one home of the built-in fallback: what the CLI and the API use for an
+    option that neither the request nor the model's generation_config.json sets (`model_defaults`)."""
 
     temperature: float = 0.8
     top_k: int = 40
@@ -50,6 +53,12 @@ class SamplingConfig:
 
 
 GREEDY = SamplingConfig(temperature=0.0)
+
+
+def model_defaults(model) -> SamplingConfig:
+    """The built-in defaults overridden by what the model says (the manifest's `sampling`, None: unsaid)."""
+    said = {name: getattr(model, name) for name in ("temperature", "top_k", "top_p", "repetition_penalty")}
+    return replace(SamplingConfig(), **{k: v for k, v in said.items() if v is not None})
 
 
 def apply_repetition_penalty(logits: np.ndarray, history, penalty: float) -> np.ndarray:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer as _HFTokenizer
 
+from board.detokenize import TextStream
 from board.manifest import BundleError, Tokens
 
 
@@ -32,3 +33,7 @@ class Tokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=True)
+
+    def stream(self, context_ids=()) -> TextStream:
+        """A streaming decoder whose output continues the text of `context_ids` (board/detokenize.py)."""
+        return TextStream(self._tok, context_ids)

@@ -61,7 +61,8 @@ def _add_build(sub) -> None:
     p.add_argument("--calib-samples", type=int, default=16, help="calibration chunks (default 16)")
     p.add_argument("--calib-seq-len", type=int, default=128, help="tokens per calibration/perplexity chunk (default 128)")
     p.add_argument("--eval-tokens", type=int, default=512, help="held-out tokens for perplexity (default 512)")
-    p.add_argument("--chat-template", help="zephyr, llama2, chatml or none (default: detected from the tokenizer)")
+    p.add_argument("--chat-template", help="zephyr, llama2, chatml or none: a built-in template (board/chat_templates/) "
+                   "instead of the model's own (default: the model's, else the built-in one of its family)")
     p.add_argument("--name", help="model name in the manifest (default: the checkpoint's name)")
     p.add_argument("--out", required=True, help="bundle directory to (re)write; replaced only when the build succeeds")
     p.set_defaults(func=_run_build)

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import torch
 
-from board.manifest import ACTIVATIONS, CHAT_TEMPLATES, NBITS_ACTIVATIONS, Graph, Manifest, Quantization, Tokens
+from board.manifest import (ACTIVATIONS, NBITS_ACTIVATIONS, ChatTemplate, Graph, Manifest, Quantization, Tokens,
+                            builtin_chat_template)
 from board.ortneeds import INPLACE_CACHE_OPS, runs, version_tuple
 from host.buildconfig import BuildConfig
 from host.bundle import REPORT_NAME, TOKENIZER_NAME, check_out, staging, write_bundle_manifest
 from host.calibrate import collect_inputs, split_text, summarize
-from host.chat_source import ChatSource
+from host.chat_source import STOP_STRINGS
 from host.errors import BuildError, InputError
 from host.export import export_onnx, graph_record
 from host.gqa import InplaceCacheGraph, gqa_fits
@@ -111,6 +112,14 @@ def quantization_record(config: BuildConfig, graph_model) -> Quantization:
     )
 
 
+def chat_template(tok, told: str | None) -> ChatTemplate:
+    """The model's own template, or the built-in one of a family (--chat-template, or when the model has none)."""
+    chat = tok.chat
+    if chat.jinja and told is None:
+        return ChatTemplate(name=tok.chat_template, jinja=chat.jinja, source=chat.source, special_tokens=chat.special_tokens)
+    return replace(builtin_chat_template(told or tok.chat_template), special_tokens=chat.special_tokens)
+
+
 def build(config: BuildConfig) -> BuildResult:
     """Load the model and tokenizer named by `config`, then `build_from_model`."""
     from host.load import load_model
@@ -162,8 +171,7 @@ def build_from_model(hf_model, tok, text: str, config: BuildConfig, info: dict, 
         if gqa_fits(graph_model.arch.head_dim, kv_dtype, compute) and not old_ort:
             exported_model = InplaceCacheGraph(graph_model)
 
-    template = config.chat_template or getattr(tok, "chat_template", None) or "none"
-    chat = tok.chat if config.chat_template is None else ChatSource()  # --chat-template: the built-in rules instead
+    template = chat_template(tok, config.chat_template)
     with staging(config.out) as stage_dir:
         with stage("export", timings):
             exported = export_onnx(exported_model, stage_dir, config.kv_len, opset=config.opset)
@@ -204,10 +212,10 @@ def build_from_model(hf_model, tok, text: str, config: BuildConfig, info: dict, 
                 eos_id=tok.eos_id,
                 pad_id=tok.pad_id,
                 add_bos=tok.add_bos,
-                stop_strings=list(CHAT_TEMPLATES[template].stop_strings),
+                stop_strings=list(STOP_STRINGS[template.name]),
                 stop_ids=list(tok.chat.stop_ids),
             ),
-            chat_template=replace(CHAT_TEMPLATES[template], jinja=chat.jinja, source=chat.source,
-                                  special_tokens=chat.special_tokens),
+            chat_template=template,
+            sampling=tok.chat.sampling,
         )
     return BuildResult(path=Path(config.out), manifest=manifest, report=report)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
-from board.manifest import ACT_SCHEMES, CHAT_TEMPLATES, DIALECTS, QUANT_SCHEMES, ActScheme, Dialect, QuantScheme
+from board.manifest import ACT_SCHEMES, BUILTIN_TEMPLATES, DIALECTS, QUANT_SCHEMES, ActScheme, Dialect, QuantScheme
 from board.ortneeds import DIALECT_OPS, OP_MIN_ORT, ORT_DIALECTS, ORT_TARGET_OPS, runs, version_tuple
 from host.errors import InputError
 
@@ -79,8 +79,8 @@ class BuildConfig:
             (self.calib_seq_len >= 8, f"--calib-seq-len {self.calib_seq_len}: give at least 8"),
             (self.eval_tokens >= MIN_EVAL_TOKENS, f"--eval-tokens {self.eval_tokens}: give at least {MIN_EVAL_TOKENS} "
                                                   "held-out tokens (e.g. 512) to measure perplexity on"),
-            (self.chat_template is None or self.chat_template in CHAT_TEMPLATES,
-             f"--chat-template {self.chat_template!r}: use one of {', '.join(CHAT_TEMPLATES)}"),
+            (self.chat_template is None or self.chat_template in BUILTIN_TEMPLATES,
+             f"--chat-template {self.chat_template!r}: use one of {', '.join(BUILTIN_TEMPLATES)}"),
         ]
         for ok, message in checks:
             if not ok:

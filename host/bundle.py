@@ -23,6 +23,7 @@ from board.manifest import (
     Graph,
     Manifest,
     Quantization,
+    Sampling,
     Tokens,
     file_entries,
     write_manifest,
@@ -168,6 +169,7 @@ def write_bundle_manifest(
     quantization: Quantization,
     tokens: Tokens,
     chat_template: ChatTemplate,
+    sampling: Sampling = Sampling(),
 ) -> Manifest:
     """The manifest over every file now in `stage`, with their sizes and sha256, written last."""
     manifest = Manifest(
@@ -177,6 +179,7 @@ def write_bundle_manifest(
         quantization=quantization,
         tokens=tokens,
         chat_template=chat_template,
+        sampling=sampling,
         files=file_entries(stage, bundle_files(stage)),
         tokenizer=TOKENIZER_NAME,
     )

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from host.chat_source import SPECIAL_TOKEN_NAMES, ChatSource, special_token_strings, stop_ids
 from host.errors import InputError, first_line
 from host.families import check_config
-from host.tokenizer import TokenizerBundle, detect_template
+from host.tokenizer import from_transformers
 
 
 def load_gguf(path: Path):
@@ -40,22 +39,4 @@ def load_gguf(path: Path):
     if getattr(loaded.config, "tie_word_embeddings", False):
         model.tie_weights()
     model.generation_config = loaded.generation_config
-    return model.eval(), tokenizer_bundle(tokenizer, model.generation_config, where)
-
-
-def tokenizer_bundle(hf_tokenizer, generation_config, where: str) -> TokenizerBundle:
-    """The host's tokenizer record of a transformers fast tokenizer (as a GGUF yields one)."""
-    tok = hf_tokenizer.backend_tokenizer
-    bos, eos = hf_tokenizer.bos_token_id, hf_tokenizer.eos_token_id
-    if eos is None:
-        raise InputError(f"{where}: the GGUF names no EOS token (tokenizer.ggml.eos_token_id); it cannot end an answer")
-    bos = eos if bos is None else bos
-    jinja = hf_tokenizer.chat_template or ""
-    specials = {n: getattr(hf_tokenizer, n) for n in SPECIAL_TOKEN_NAMES}
-    chat = ChatSource(jinja, "gguf" if jinja else "builtin", special_token_strings(specials),
-                      stop_ids(tok, jinja, getattr(generation_config, "eos_token_id", None), eos))
-    return TokenizerBundle(
-        tokenizer=tok, bos_id=bos, eos_id=eos, pad_id=hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else eos,
-        add_bos=tok.encode("a").ids[:1] == [bos], vocab_size=tok.get_vocab_size(with_added_tokens=True),
-        chat_template=detect_template(jinja), source=where, chat=chat,
-    )
+    return model.eval(), from_transformers(tokenizer, model.generation_config, where)

@@ -1,11 +1,13 @@
 """Tokenizers for the bundle: read `tokenizer.json`, SentencePiece `tokenizer.model` or llama2.c
 `tok*.bin`, and produce one Hugging Face `tokenizers.Tokenizer` that encodes like the original.
 
-A SentencePiece BPE model (Llama-2's `tokenizer.model`) goes through transformers' converter
+A `tokenizer.json` is loaded by transformers (AutoTokenizer, with the checkpoint's configs and
+GenerationConfig), so ids, special tokens and chat template are what transformers gives. A
+SentencePiece BPE model (Llama-2's `tokenizer.model`) goes through transformers' converter
 (`SpmConverter`), as `LlamaTokenizerFast(from_slow=True)` does; a llama2.c `tok*.bin`, which no
-library reads, is turned back into the SentencePiece model it was exported from first. The saved
-tokenizer's post-processor adds BOS; `encode(text, add_special_tokens=False)` gives the bare
-pieces (the board prepends BOS itself).
+library reads, is turned back into the SentencePiece model it was exported from first. The
+converted tokenizer's post-processor adds BOS; `encode(text, add_special_tokens=False)` gives the
+bare pieces (the board prepends BOS itself).
 """
 from __future__ import annotations
 
@@ -15,13 +17,11 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, processors
 
-from host.chat_source import ChatSource, chat_source, find_chat_template
-from host.errors import InputError
+from host.chat_source import ChatSource, chat_source, detect_template, transformers_chat_source
+from host.errors import InputError, first_line
 from host.llama2c import Vocab, read_tokenizer as read_llama2c_tokenizer
 
-# Substrings of a jinja chat template that identify its family (manifest ChatTemplate names).
-TEMPLATE_MARKERS = (("<|user|>", "zephyr"), ("[INST]", "llama2"), ("<|im_start|>", "chatml"))
-# Tried in order when no tokenizer_config.json names the special tokens.
+# Tried in order when no tokenizer config names the special tokens.
 BOS_NAMES = ("<s>", "<|begin_of_text|>", "<bos>")
 EOS_NAMES = ("</s>", "<|end_of_text|>", "<eos>")
 
@@ -124,29 +124,58 @@ def _read_sentencepiece_proto(path: Path):
 
 
 def from_tokenizer_json(path: Path) -> TokenizerBundle:
-    """A Hugging Face `tokenizer.json`; special tokens and chat template from tokenizer_config.json beside it."""
+    """A Hugging Face `tokenizer.json`, loaded by transformers with the configs and generation_config.json beside it."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    directory = Path(path).parent
     try:
-        tok = Tokenizer.from_file(str(path))
-    except Exception as e:  # the Rust side raises a plain Exception
-        raise InputError(f"{path}: not a readable tokenizer.json ({e}); re-download it or pass tokenizer.model") from None
-    config = _hf_tokenizer_config(Path(path).parent)
-    bos = _special_id(tok, config.get("bos_token"), BOS_NAMES)
-    eos = _special_id(tok, config.get("eos_token"), EOS_NAMES)
-    if bos is None or eos is None:
-        raise InputError(
-            f"{path}: cannot tell the BOS/EOS tokens; put the model's tokenizer_config.json (bos_token, eos_token) beside it"
-        )
-    pad = _special_id(tok, config.get("pad_token"), ())
-    adds_bos = tok.encode("a").ids[:1] == [bos]
-    add_bos = config.get("add_bos_token", adds_bos)
-    if add_bos and not adds_bos:
-        set_bos_post_processor(tok, bos)
-    return _bundle(tok, bos, eos, pad, bool(add_bos), path, Path(path).parent, config)
+        # AutoTokenizer reads a directory's tokenizer.json; a file of another name is a bare tokenizer
+        hf = (AutoTokenizer.from_pretrained(directory) if Path(path).name == "tokenizer.json"
+              else PreTrainedTokenizerFast(tokenizer_file=str(path)))
+    except Exception as e:  # the Rust side and transformers raise plain Exception, ValueError, OSError, TypeError
+        raise InputError(f"{path}: not a readable tokenizer.json ({first_line(e)}); re-download it or pass tokenizer.model") from None
+    return from_transformers(hf, read_generation_config(directory), str(path), directory)
+
+
+def from_transformers(hf, generation_config, where: str, directory: Path | None = None) -> TokenizerBundle:
+    """The record of a tokenizer transformers loaded (a checkpoint's, or a GGUF's); InputError without EOS."""
+    tok = hf.backend_tokenizer
+    bos = hf.bos_token_id if hf.bos_token_id is not None else _special_id(tok, None, BOS_NAMES)
+    eos = hf.eos_token_id if hf.eos_token_id is not None else _special_id(tok, None, EOS_NAMES)
+    if eos is None:
+        raise InputError(f"{where}: cannot tell the EOS token; put the model's tokenizer_config.json (eos_token) beside it")
+    bos = eos if bos is None else bos  # a model without BOS (Qwen, some GGUFs) never gets one: add_bos is False
+    chat = transformers_chat_source(hf, generation_config, directory)
+    return TokenizerBundle(
+        tokenizer=tok,
+        bos_id=bos,
+        eos_id=eos,
+        pad_id=eos if hf.pad_token_id is None else hf.pad_token_id,
+        add_bos=tok.encode("a").ids[:1] == [bos],  # what transformers' own encode does
+        vocab_size=tok.get_vocab_size(with_added_tokens=True),
+        chat_template=detect_template(chat.jinja),
+        chat=chat,
+        source=where,
+    )
+
+
+def read_generation_config(directory: Path):
+    """transformers' GenerationConfig of a checkpoint directory; None when it has no generation_config.json."""
+    from transformers import GenerationConfig
+
+    path = Path(directory) / "generation_config.json"
+    if not path.is_file():
+        return None
+    try:
+        return GenerationConfig.from_pretrained(directory)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: not a readable generation config ({first_line(e)}); fix or remove it") from None
 
 
 def _bundle(tok, bos, eos, pad, add_bos, path, directory: Path | None = None, config: dict | None = None) -> TokenizerBundle:
-    """The record of a read tokenizer; chat template and stop ids from the checkpoint `directory`, if any."""
-    chat = chat_source(directory, tok, config or {}, eos)
+    """The record of a converted tokenizer; chat template and stop ids from the checkpoint `directory`, if any."""
+    generation = read_generation_config(directory) if directory is not None else None
+    chat = chat_source(directory, tok, config or {}, eos, generation)
     return TokenizerBundle(
         tokenizer=tok,
         bos_id=bos,
@@ -160,9 +189,10 @@ def _bundle(tok, bos, eos, pad, add_bos, path, directory: Path | None = None, co
     )
 
 
-# --- tokenizer_config.json and chat template -------------------------------------------------
+# --- a SentencePiece model's tokenizer_config.json ---------------------------------------------
 def _hf_tokenizer_config(directory: Path) -> dict:
-    """tokenizer_config.json merged over special_tokens_map.json; {} when neither exists."""
+    """tokenizer_config.json merged over special_tokens_map.json; {} when neither exists (tokenizer.model only:
+    transformers has no loader for a SentencePiece model beside a config without converting it itself)."""
     merged = {}
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         f = directory / name
@@ -183,16 +213,6 @@ def _special_id(tok: Tokenizer, entry, fallbacks) -> int | None:
         if token_id is not None:
             return token_id
     return None
-
-
-def chat_template_text(directory: Path, config: dict) -> str:
-    """The jinja chat template: tokenizer_config.json's, or chat_template.jinja/.json (transformers 5)."""
-    return find_chat_template(directory, config)[0]
-
-
-def detect_template(template: str) -> str:
-    """The manifest's ChatTemplate name for a jinja template, by the markers it renders."""
-    return next((name for marker, name in TEMPLATE_MARKERS if marker in template), "none")
 
 
 # --- entry points ----------------------------------------------------------------------------

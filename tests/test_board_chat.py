@@ -52,8 +52,8 @@ def test_ctrl_c_stops_the_answer_and_the_session_goes_on(session):
     status = run_repl(session, scripted(["Once upon a time", "The big red ball", "/exit"]), out)
     assert status == 0
     assert "[stopped]" in out.getvalue()
-    assert len(session.turns) == 2  # both questions answered, the first one cut short
-    assert 0 < len(session.turns[0][1]) and session.engine.cache.next_pos > 0
+    assert len(session.messages) == 4  # both questions answered, the first one cut short
+    assert 0 < len(session.messages[1]["content"]) and session.engine.cache.next_pos > 0
 
 
 def test_an_answer_cut_at_the_token_budget_ends_with_length(session):
@@ -69,7 +69,7 @@ def test_reset_clears_the_conversation_and_ctrl_d_exits(session):
     status = run_repl(session, scripted(["Once upon a time", "/reset", KeyboardInterrupt(), "", "Lily", EOFError()]), out)
     assert status == 0
     assert "[conversation cleared]" in out.getvalue()
-    assert [u for u, _ in session.turns] == ["Lily"]
+    assert [m["content"] for m in session.messages[::2]] == ["Lily"]
     # after the reset the cache restarted: it holds only the second conversation
     assert session.engine.fed[0] == session.tokenizer.tokens.bos_id
     assert len(session.engine.fed) < 2 * 40
@@ -109,11 +109,11 @@ def test_ctrl_c_during_the_prompt_keeps_the_history(session):
     session.engine.feed = interrupted_feed
     cut = session.ask("Lily saw a big red ball and her mom said")
     assert cut.finish_reason == "interrupted" and not cut.tokens
-    assert len(session.turns) == 1  # the cut question is not part of the history
+    assert len(session.messages) == 2  # the cut question is not part of the history
     result = session.ask("The happy dog went home")
-    assert result.finish_reason in ("length", "eos") and session.rebuilds == 1
-    # the cache was rebuilt from the history: first turn, then the new question, no half prompt
-    assert [u for u, _ in session.turns] == ["Once upon a time", "The happy dog went home"]
+    # the engine kept the cached history (reuse_prefix) and dropped the half prompt: no rebuild
+    assert result.finish_reason in ("length", "eos") and session.rebuilds == 0
+    assert [m["content"] for m in session.messages[::2]] == ["Once upon a time", "The happy dog went home"]
     text = session.tokenizer.decode(session.engine.fed)
     assert "Lily saw" not in text and text.startswith("Once upon a time")
 
@@ -144,4 +144,4 @@ def test_a_message_that_fills_the_window_is_refused_and_the_session_goes_on(sess
     long = " ".join(["happy dog"] * 60)
     out = io.StringIO()
     assert run_repl(session, scripted([long, "Lily", "/exit"]), out) == 0
-    assert "shorten it" in out.getvalue() and [u for u, _ in session.turns][-1] == "Lily"
+    assert "shorten it" in out.getvalue() and session.messages[-2]["content"] == "Lily"

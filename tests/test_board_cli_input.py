@@ -63,3 +63,30 @@ def test_generate_chat_auto_uses_the_template_of_a_chat_bundle_only(slow_bundle,
     # slow_bundle has ChatML: auto wraps the prompt as --chat does; tiny_bundle has none: auto leaves it raw
     assert ids(slow_bundle, "--chat", "auto") == ids(slow_bundle, "--chat") != ids(slow_bundle)
     assert ids(tiny_bundle, "--chat", "auto") == ids(tiny_bundle)
+
+
+def test_sampling_options_not_given_come_from_the_manifest_then_the_built_in_defaults(tiny_bundle, tmp_path, capsys):
+    import shutil
+
+    from board.manifest import read_manifest
+    from board.sampling import SamplingConfig
+
+    bundle = tmp_path / "greedy-model"
+    shutil.copytree(tiny_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["sampling"] = {"temperature": 0.0, "top_k": None, "top_p": None, "repetition_penalty": None}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))  # the manifest itself is not in `files`
+
+    def tokens(path, *options):
+        assert cli.main(["generate", "--bundle", str(path), "--prompt", "Once", "--max-new-tokens", "12", "--json", *options]) == 0
+        return json.loads(capsys.readouterr().out)["tokens"]
+
+    greedy = tokens(tiny_bundle, "--greedy")
+    # a model whose generation_config says do_sample false answers greedily whatever the seed, unless told otherwise
+    assert tokens(bundle, "--seed", "1") == tokens(bundle, "--seed", "2") == greedy
+    assert tokens(bundle, "--temperature", "1.5", "--top-k", "0", "--seed", "1") != greedy
+    # a model that says nothing gets SamplingConfig's defaults: the same draw as naming them
+    builtin = SamplingConfig()
+    named = ("--temperature", str(builtin.temperature), "--top-k", str(builtin.top_k), "--top-p", str(builtin.top_p))
+    assert read_manifest(tiny_bundle).sampling == read_manifest(tiny_bundle).sampling.__class__()
+    assert tokens(tiny_bundle, "--seed", "3") == tokens(tiny_bundle, "--seed", "3", *named)

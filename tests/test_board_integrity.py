@@ -13,6 +13,7 @@ import pytest
 import board.manifest
 from board.__main__ import main
 from board.bundle import member_path, name_problem, open_bundle
+from board.chat_template import render_messages
 from board.manifest import BundleError, load_manifest
 
 
@@ -120,19 +121,33 @@ def test_malformed_manifests_are_one_line_and_exit_2(copy, capsys, change, words
     assert words in one_error_line(capsys, ["info", "--bundle", str(bundle)], 2)
 
 
+ZEPHYR_RULES = {"name": "zephyr", "system": "<|system|>\n{content}</s>\n", "user": "<|user|>\n{content}</s>\n",
+                "assistant": "<|assistant|>\n{content}</s>\n", "generation_prompt": "<|assistant|>\n", "default_system": "",
+                "system_in_user": "", "stop_strings": ["<|user|>", "<|system|>"]}
+
+
 def _as_version_1(d):
-    """The manifest as a format-1 build wrote it: no Jinja template, no stop ids."""
-    for key in ("jinja", "source", "special_tokens"):
-        d["chat_template"].pop(key)
+    """The manifest as a format-1 build wrote it: the built-in Zephyr rules, no Jinja template, no stop ids, no sampling."""
+    d["chat_template"] = dict(ZEPHYR_RULES)
     d["tokens"].pop("stop_ids")
+    d.pop("sampling")
     d.update(format_version=1)
 
 
-def test_a_format_1_manifest_still_loads_and_a_newer_one_asks_for_a_newer_board(copy):
+def test_a_format_1_manifest_still_loads_with_its_rules_template_as_the_built_in_file(copy):
     bundle, edit = copy
     edit(_as_version_1)
     m = load_manifest(bundle)
-    assert (m.format_version, m.chat_template.jinja, m.tokens.stop_ids) == (1, "", [])
+    assert (m.format_version, m.tokens.stop_ids, m.sampling) == (1, [], board.manifest.Sampling())
+    assert m.chat_template == board.manifest.builtin_chat_template("zephyr")
+    assert render_messages(m.chat_template, [{"role": "user", "content": "Hi"}]) == "<|user|>\nHi</s>\n<|assistant|>\n"
+
+
+def test_a_format_8_manifest_with_rule_fields_or_a_newer_version_is_refused(copy):
+    bundle, edit = copy
+    edit(lambda d: d.update(chat_template=dict(ZEPHYR_RULES)))
+    with pytest.raises(BundleError, match=r"unexpected keyword argument 'system'; rebuild the bundle"):
+        load_manifest(bundle)
     edit(lambda d: d.update(format_version=board.manifest.FORMAT_VERSION + 1))
-    with pytest.raises(BundleError, match=r"format_version 8 is not supported .*knows \[1, 2, 3, 4, 5, 6, 7\]\); rebuild the bundle or update board/"):
+    with pytest.raises(BundleError, match=r"format_version 9 is not supported .*knows \[1, 2, 3, 4, 5, 6, 7, 8\]\); rebuild the bundle or update board/"):
         load_manifest(bundle)

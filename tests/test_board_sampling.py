@@ -93,3 +93,13 @@ def test_openai_penalties_subtract_count_times_frequency_plus_presence_from_gene
         SamplingConfig(frequency_penalty=2.5)
     with pytest.raises(ValueError, match="presence_penalty nan must be a finite number"):
         SamplingConfig(presence_penalty=float("nan"))
+
+
+def test_model_defaults_override_the_built_in_ones_only_where_the_model_speaks():
+    from board.manifest import Sampling
+    from board.sampling import model_defaults
+
+    assert model_defaults(Sampling()) == SamplingConfig()
+    qwen = model_defaults(Sampling(temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.05))
+    assert qwen == SamplingConfig(temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.05)
+    assert model_defaults(Sampling(temperature=0.0)).greedy and model_defaults(Sampling(temperature=0.0)).top_k == SamplingConfig().top_k

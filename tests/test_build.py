@@ -18,7 +18,7 @@ import onnx
 import pytest
 import torch
 
-from board.manifest import CHAT_TEMPLATES, load_manifest
+from board.manifest import ChatTemplate, Sampling, builtin_chat_template, load_manifest
 from host import build as build_module
 from host.__main__ import main
 from host.build import BuildConfig, build
@@ -51,7 +51,7 @@ def test_tiny_bundle_is_complete_and_checksummed(tiny_bundle):
     assert (a.num_layers, a.num_heads, a.num_kv_heads, a.head_dim, a.vocab_size) == (2, 4, 2, 16, 320)
     assert (g.kv_len, g.kv_dtype, g.prefill_chunks, g.logits, g.opset) == (64, "float32", [1, 8, 16], "index", 17)
     # head_dim 16 suits onnxruntime's GroupQueryAttention: one KV buffer per layer and kind, updated in place
-    assert g.cache == "inplace" and manifest.format_version == 7
+    assert g.cache == "inplace" and manifest.format_version == 8
     assert [t.name for t in g.inputs] == ["input_ids", "attention_mask", "position_ids", "logits_index",
                                           "past_key_values.0.key", "past_key_values.0.value", "past_key_values.1.key",
                                           "past_key_values.1.value"]
@@ -59,7 +59,8 @@ def test_tiny_bundle_is_complete_and_checksummed(tiny_bundle):
     assert {tuple(t.shape) for t in g.inputs[4:] + g.outputs[1:]} == {(1, 2, 64, 16)}
     assert manifest.quantization.scheme == "none" and manifest.quantization.dialect is None
     assert (manifest.tokens.bos_id, manifest.tokens.eos_id, manifest.tokens.add_bos) == (1, 2, True)
-    assert manifest.chat_template == CHAT_TEMPLATES["none"]
+    assert manifest.chat_template == builtin_chat_template("none")  # no template of its own: the built-in file
+    assert manifest.sampling == Sampling()  # the random model has no generation_config.json
 
 
 def test_tiny_w8a8_bundle_records_quantization_and_verification(tiny_w8a8_bundle, tiny_bundle):
@@ -228,11 +229,13 @@ def test_cli_takes_the_chat_template_from_the_tokenizer_config_unless_told(hf_di
     assert main(cli(*args, "--out", str(tmp_path / "detected"))) == 0
     manifest = load_manifest(tmp_path / "detected")
     template = json.loads((model_dir / "tokenizer_config.json").read_text())["chat_template"]
-    assert manifest.chat_template == replace(CHAT_TEMPLATES["zephyr"], jinja=template, source="tokenizer_config.json",
-                                             special_tokens={"bos_token": "<s>", "eos_token": "</s>"})
-    assert "<|user|>" in manifest.tokens.stop_strings
+    specials = {"bos_token": "<s>", "eos_token": "</s>"}
+    assert manifest.chat_template == ChatTemplate("zephyr", template, "tokenizer_config.json", specials)
+    assert manifest.tokens.stop_strings == ["<|user|>", "<|system|>"]
     assert main(cli(*args, "--chat-template", "chatml", "--out", str(tmp_path / "told"))) == 0
-    assert load_manifest(tmp_path / "told").chat_template == CHAT_TEMPLATES["chatml"]
+    told = load_manifest(tmp_path / "told")
+    assert told.chat_template == replace(builtin_chat_template("chatml"), special_tokens=specials)
+    assert told.tokens.stop_strings == ["<|im_end|>"]
 
 
 def one_line_error(capsys, argv: list[str], pattern: str) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from board.manifest import CHAT_TEMPLATES, ChatTemplate, load_manifest
+from board.manifest import ChatTemplate, load_manifest
 from tests.support.paths import TINYSTORIES_TEXT, need
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def test_bundle_records_the_models_template_and_renders_it_as_transformers_does(
 
 
 def test_qwen25_template_renders_as_transformers_does(smollm2):
-    template = ChatTemplate(**{**asdict(CHAT_TEMPLATES["chatml"]), "jinja": QWEN25_TEMPLATE, "source": "test"})
+    template = ChatTemplate(name="chatml", jinja=QWEN25_TEMPLATE, source="test")
     want = transformers_render(smollm2.hf_dir, QWEN25_TEMPLATE, CASES)
     assert board_render(template, CASES) == want
     assert want[0] == ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
@@ -102,6 +102,7 @@ def test_chat_session_feeds_only_the_new_turn_and_keeps_the_conversation(smollm2
     assert "Paris" in first.text and "Rome" in second.text
     assert session.rebuilds == 0 and second.prompt_tokens < fed_before  # only the new suffix was fed
     # the cache holds exactly the ids of the whole conversation encoded at once, then the answer
-    whole = chat_ids(bundle.tokenizer, session.template, session._render(session.turns[:1], "And of Italy?"))
+    whole = chat_ids(bundle.tokenizer, session.template, session.messages[:2] + [{"role": "user", "content": "And of Italy?"}])
     assert session.engine.fed[: len(whole)] == whole
     assert session.engine.fed[len(whole) :] == second.tokens[: len(second.tokens) - len(second.unfed)]
+    assert [m["role"] for m in session.messages] == ["user", "assistant"] * 2

@@ -64,7 +64,7 @@ def asks_for_99(data):
 # --- recorded at build time, from the written ONNX ------------------------------------------
 def test_nbits8_bundle_records_onnxruntime_1_22_for_matmulnbits_and_the_inplace_cache(tiny_w8a8_bundle):
     m = load_manifest(tiny_w8a8_bundle)
-    assert m.format_version == 7 and m.quantization.dialect == "nbits8" and m.graph.cache == "inplace"
+    assert m.format_version == 8 and m.quantization.dialect == "nbits8" and m.graph.cache == "inplace"
     assert (m.graph.min_onnxruntime, m.graph.onnxruntime_ops) == ("1.22.0", NBITS8)
     assert onnxruntime_needs(tiny_w8a8_bundle / "model.onnx") == NBITS8
 

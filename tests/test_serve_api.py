@@ -69,6 +69,30 @@ def test_models_reports_the_sampling_defaults_that_a_request_without_options_get
     assert text() == text(**defaults) != text(**{**defaults, "temperature": 0.5 if defaults["temperature"] != 0.5 else 1.0})
 
 
+def test_a_request_without_sampling_fields_gets_the_models_defaults_which_models_reports(stories_bundle, tmp_path):
+    import shutil
+
+    bundle = tmp_path / "greedy-model"
+    shutil.copytree(stories_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["sampling"] = {"temperature": 0.0}  # as the host writes for generation_config's do_sample false
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    server = start_server(bundle, tmp_path / "server.log", "--threads", "1")
+    try:
+        builtin = SamplingConfig()
+        status, body = http(server.url + "/v1/models")
+        assert status == 200 and body["data"][0]["sampling_defaults"] == {
+            "temperature": 0.0, "top_k": builtin.top_k, "top_p": builtin.top_p, "repetition_penalty": 1.0,
+            "frequency_penalty": 0.0, "presence_penalty": 0.0, "max_tokens": 256}
+        texts = {server.client().completions.create(model="m", prompt="Once upon a time", max_tokens=10, seed=s).choices[0].text
+                 for s in (1, 2)}
+        assert texts == {LILY}  # greedy whatever the seed: the model's default, not OpenAI's temperature 1
+        told = server.client().completions.create(model="m", prompt="Once upon a time", max_tokens=10, seed=1, temperature=2)
+        assert told.choices[0].text != LILY
+    finally:
+        server.stop()
+
+
 def test_completion_continues_the_prompt_with_the_models_greedy_text(stories):
     r = stories.client().completions.create(model="stories260K", prompt="Once upon a time", max_tokens=10, **GREEDY)
     assert r.object == "text_completion" and r.id.startswith("cmpl-")

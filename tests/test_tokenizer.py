@@ -10,7 +10,8 @@ from tokenizers import Tokenizer
 
 from host.errors import InputError
 from host.load import load_model
-from host.tokenizer import check_vocab, detect_template, load_tokenizer, save_tokenizer
+from host.chat_source import detect_template
+from host.tokenizer import check_vocab, load_tokenizer, save_tokenizer
 from tests.support.paths import LLAMA2_TOKENIZER, STORIES_TOK, TINYSTORIES_TEXT, WIKITEXT, need
 
 ZEPHYR_JINJA = (
@@ -182,22 +183,63 @@ def test_hf_directory_gives_its_tokenizer_json_special_tokens_and_zephyr_templat
     check_vocab(bundle, model.config.vocab_size, hf_model_dir)
 
 
-def test_transformers5_chat_template_file_and_dict_tokens_are_read(hf_model_dir):
+def test_transformers5_chat_template_file_and_added_token_entries_are_read(hf_model_dir):
+    token = {"__type": "AddedToken", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
     (hf_model_dir / "tokenizer_config.json").write_text(json.dumps(
-        {"bos_token": {"content": "<s>"}, "eos_token": {"content": "</s>"}, "add_bos_token": True}))
+        {"bos_token": {**token, "content": "<s>"}, "eos_token": {**token, "content": "</s>"}}))
     (hf_model_dir / "chat_template.jinja").write_text(CHATML_JINJA)
     bundle = load_tokenizer(str(hf_model_dir))
     assert (bundle.bos_id, bundle.eos_id, bundle.pad_id, bundle.chat_template) == (1, 2, 2, "chatml")
+    assert (bundle.chat.jinja, bundle.chat.source) == (CHATML_JINJA, "chat_template.jinja")
 
 
-def test_tokenizer_json_without_bos_post_processor_gets_one_when_config_adds_bos(llama2, tmp_path):
+def test_a_tokenizer_json_adds_bos_exactly_when_transformers_does(llama2, tmp_path):
+    from transformers import AutoTokenizer
+
     bare = Tokenizer.from_str(llama2.tokenizer.to_str())
-    bare.post_processor = None
+    bare.post_processor = None  # no BOS template: transformers 5 encodes without BOS whatever the config says
     bare.save(str(tmp_path / "tokenizer.json"))
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": True}))
     bundle = load_tokenizer(str(tmp_path / "tokenizer.json"))
-    assert bundle.tokenizer.encode("Hello world").ids == [1, 15043, 3186]
-    assert bundle.tokenizer.encode("Hello world", add_special_tokens=False).ids == [15043, 3186]
+    assert AutoTokenizer.from_pretrained(tmp_path)("Hello world").input_ids == [15043, 3186]
+    assert bundle.tokenizer.encode("Hello world").ids == [15043, 3186] and not bundle.add_bos
+
+
+SMOLLM2_QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+# transformers' apply_chat_template(SMOLLM2_QUESTION, add_generation_prompt=True) on SmolLM2-135M-Instruct
+SMOLLM2_IDS = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712, 8182,
+               2, 198, 1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198]
+
+
+def test_smollm2_gives_transformers_ids_special_tokens_and_template(smollm2):
+    from transformers import AutoTokenizer
+
+    from board.jinja_template import render_jinja
+
+    bundle = load_tokenizer(None, smollm2.hf_dir, 49152)
+    assert (bundle.bos_id, bundle.eos_id, bundle.pad_id, bundle.add_bos, bundle.vocab_size) == (1, 2, 2, False, 49152)
+    assert (bundle.chat_template, bundle.chat.source, bundle.chat.stop_ids) == ("chatml", "chat_template.jinja", [])
+    assert bundle.chat.jinja == (smollm2.hf_dir / "chat_template.jinja").read_text()
+    assert bundle.chat.special_tokens == {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>",
+                                          "unk_token": "<|endoftext|>", "pad_token": "<|im_end|>"}
+    text = render_jinja(bundle.chat.jinja, SMOLLM2_QUESTION, True, bundle.chat.special_tokens)
+    assert bundle.tokenizer.encode(text, add_special_tokens=False).ids == SMOLLM2_IDS
+    hf = AutoTokenizer.from_pretrained(smollm2.hf_dir)
+    assert hf.apply_chat_template(SMOLLM2_QUESTION, add_generation_prompt=True, tokenize=True, return_dict=False) == SMOLLM2_IDS
+
+
+def test_sampling_defaults_come_from_generation_config(hf_model_dir):
+    from host.chat_source import sampling_defaults
+    from board.manifest import Sampling
+
+    assert load_tokenizer(str(hf_model_dir)).chat.sampling == Sampling()  # save_pretrained's: no sampling values
+    qwen = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05, "eos_token_id": [2, 7]}
+    (hf_model_dir / "generation_config.json").write_text(json.dumps(qwen))
+    chat = load_tokenizer(str(hf_model_dir)).chat
+    assert (chat.sampling, chat.stop_ids) == (Sampling(temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.05), [7])
+    (hf_model_dir / "generation_config.json").write_text(json.dumps({"do_sample": False, "temperature": 0.7}))
+    assert load_tokenizer(str(hf_model_dir)).chat.sampling == Sampling(temperature=0.0)  # greedy, as transformers would
+    assert sampling_defaults(None) == Sampling()
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,8 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from board.generate import GenerateConfig
+from board.manifest import read_manifest
+from board.sampling import model_defaults
 from board.serve.config import ServeConfig
 from board.serve.metrics import Metrics
 from board.serve.prompt import prompt_ids
@@ -76,6 +78,8 @@ class Api:
         self.config = config
         self.metrics = Metrics()
         self.worker = worker or Worker(config, self.metrics)
+        # what a request that names no sampling option gets: known before the model loads, from the manifest
+        self.sampling = model_defaults(read_manifest(config.bundle).sampling)
 
     def _check_key(self, request: Request) -> None:
         if self.config.api_key is None:
@@ -118,7 +122,7 @@ class Api:
         """What a request that names no sampling option gets (the page starts its controls from these).
 
         Asked of parse_request itself, the one place that decides them, so the two cannot disagree."""
-        req = parse_request({"messages": [{"role": "user", "content": ""}]}, "chat", self.config.max_tokens)
+        req = parse_request({"messages": [{"role": "user", "content": ""}]}, "chat", self.config.max_tokens, self.sampling)
         return {**asdict(req.sampling), "max_tokens": req.max_tokens}
 
     async def chat(self, request: Request) -> Response:
@@ -133,7 +137,7 @@ class Api:
             body = await request.json()
         except (ValueError, UnicodeDecodeError):
             raise ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
-        req = parse_request(body, kind, self.config.max_tokens)
+        req = parse_request(body, kind, self.config.max_tokens, self.sampling)
         self._check_ready()
         bundle = self.worker.bundle
         ids = prompt_ids(bundle, req, bundle.manifest.graph.kv_len)

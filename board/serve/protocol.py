@@ -38,7 +38,7 @@ class CompletionRequest:
 
     kind: str  # "chat" | "text"
     model: str
-    messages: tuple  # ((role, content), ...) with role in system/user/assistant
+    messages: tuple  # ({"role", "content"}, ...): OpenAI's dicts, role system/user/assistant, content text
     prompt: str
     max_tokens: int | None
     sampling: SamplingConfig
@@ -83,7 +83,7 @@ def _messages(body: dict) -> tuple:
         role = m.get("role")
         if role not in ROLES:
             raise bad(f"messages[{i}].role {role!r} is not one of {', '.join(ROLES)}", f"messages[{i}].role")
-        out.append(("system" if role == "developer" else role, _content(m, i)))
+        out.append({"role": "system" if role == "developer" else role, "content": _content(m, i)})
     return tuple(out)
 
 
@@ -111,8 +111,10 @@ def _refuse_unsupported(body: dict) -> None:
         raise bad("'n' must be 1: this server returns one choice per request", "n", "unsupported_parameter")
 
 
-def parse_request(body, kind: str, default_max_tokens: int) -> CompletionRequest:
-    """Validate a /v1/chat/completions (kind "chat") or /v1/completions ("text") body; ApiError 400."""
+def parse_request(body, kind: str, default_max_tokens: int, defaults: SamplingConfig) -> CompletionRequest:
+    """Validate a /v1/chat/completions (kind "chat") or /v1/completions ("text") body; ApiError 400.
+
+    A sampling field the body leaves out takes its value from `defaults` (the model's, board.sampling)."""
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object", None, "invalid_json")
     _refuse_unsupported(body)
@@ -122,13 +124,15 @@ def parse_request(body, kind: str, default_max_tokens: int) -> CompletionRequest
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise bad("'stream_options' must be an object", "stream_options", "invalid_type")
+    d = defaults
     sampling = SamplingConfig(
-        temperature=float(_typed(body, "temperature", (int, float), 1.0, lambda v: 0 <= v <= 2, "a number in [0, 2]")),
-        top_p=float(_typed(body, "top_p", (int, float), 1.0, lambda v: 0 < v <= 1, "a number in (0, 1]")),
-        top_k=_typed(body, "top_k", (int,), 0, lambda v: v >= 0, "an integer >= 0 (0 = off)"),
-        repetition_penalty=float(_typed(body, "repetition_penalty", (int, float), 1.0, lambda v: v > 0, "a number > 0")),
-        frequency_penalty=float(_typed(body, "frequency_penalty", (int, float), 0, *OPENAI_RANGE)),
-        presence_penalty=float(_typed(body, "presence_penalty", (int, float), 0, *OPENAI_RANGE)),
+        temperature=float(_typed(body, "temperature", (int, float), d.temperature, lambda v: 0 <= v <= 2, "a number in [0, 2]")),
+        top_p=float(_typed(body, "top_p", (int, float), d.top_p, lambda v: 0 < v <= 1, "a number in (0, 1]")),
+        top_k=_typed(body, "top_k", (int,), d.top_k, lambda v: v >= 0, "an integer >= 0 (0 = off)"),
+        repetition_penalty=float(_typed(body, "repetition_penalty", (int, float), d.repetition_penalty,
+                                        lambda v: v > 0, "a number > 0")),
+        frequency_penalty=float(_typed(body, "frequency_penalty", (int, float), d.frequency_penalty, *OPENAI_RANGE)),
+        presence_penalty=float(_typed(body, "presence_penalty", (int, float), d.presence_penalty, *OPENAI_RANGE)),
     )
     return CompletionRequest(
         kind=kind,

@@ -5,7 +5,7 @@ import hashlib
 from pathlib import Path
 
 from board.manifest import (
-    CHAT_TEMPLATES, Arch, Graph, Manifest, Quantization, TensorSpec, Tokens, file_entries, write_manifest,
+    Arch, Graph, Manifest, Quantization, TensorSpec, Tokens, builtin_chat_template, file_entries, write_manifest,
 )
 from tests.support.onnx_graphs import tiny_llm_onnx
 from tests.support.paths import ROOT
@@ -27,7 +27,7 @@ def make_manifest(layers, kv_heads, head_dim, kv_len, chunks, vocab=32000, hidde
         ),
         quantization=Quantization(scheme="w8a8", dialect="s8s8"),
         tokens=Tokens(bos_id=1, eos_id=2, pad_id=0),
-        chat_template=CHAT_TEMPLATES["none"],
+        chat_template=builtin_chat_template("none"),
         files={},
     )
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from board.manifest import (CHAT_TEMPLATES, Arch, Graph, Manifest, Quantization, TensorSpec, Tokens,
+from board.manifest import (Arch, Graph, Manifest, Quantization, TensorSpec, Tokens, builtin_chat_template,
                             file_entries, write_manifest)
 from tests.support.paths import ROOT
 
@@ -136,7 +136,7 @@ def synthetic_bundle(out: Path, model: str = "synthetic", weights: bytes = b"\0"
                   outputs=[TensorSpec("logits", "float32", [1, "S", 32])])
     manifest = Manifest(model={"name": model, "source": "tests"}, arch=arch, graph=graph,
                         quantization=Quantization(), tokens=Tokens(bos_id=1, eos_id=2, pad_id=0),
-                        chat_template=CHAT_TEMPLATES["none"],
+                        chat_template=builtin_chat_template("none"),
                         files=file_entries(out, ["model.onnx", "tokenizer.json"]))
     write_manifest(out, manifest)
     return out
