@@ -1,0 +1,118 @@
+"""`fab gateway --run`: real nginx from the generated config in front of two real board servers on 127.0.0.1."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from http.client import HTTPConnection
+from pathlib import Path
+
+import pytest
+
+from tests.support.paths import ROOT
+from tests.support.serve import free_port, start_server
+from tests.support.sshd import FAB, write_inventory
+
+pytestmark = pytest.mark.ssh
+NGINX = Path("/usr/sbin/nginx")
+KEY = "gateway-test-key"
+
+
+def ask(port: int, body: dict) -> tuple[int, str, dict]:
+    """(status, X-Edge-LLM-Board, JSON body) of one chat completion sent to the gateway."""
+    conn = HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("POST", "/v1/chat/completions", json.dumps(body),
+                 {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
+    r = conn.getresponse()
+    answer = (r.status, r.getheader("X-Edge-LLM-Board"), json.loads(r.read()))
+    conn.close()
+    return answer
+
+
+def chat_requests(server) -> float:
+    """Chat completions the board's own /metrics counted as answered (200)."""
+    return sum(v for k, v in server.metrics().items()
+               if k.startswith("edge_llm_requests_total") and "chat" in k and 'status="200"' in k)
+
+
+def wait_listening(port: int, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    pytest.fail("nginx never listened")
+
+
+@pytest.fixture
+def boards(sshd, tmp_path, slow_bundle):
+    """Two boards' servers (the real `python -m board serve`, one key) and an inventory naming them.
+
+    Each board gets the service.json `fab service install` writes: the gateway reads only that, and
+    the service's own path is tests/test_deploy_service.py's."""
+    (tmp_path / "key").write_text(KEY + "\n")
+    servers, entries = [], []
+    for name in ("g1", "g2"):
+        server = start_server(slow_bundle, tmp_path / f"{name}.log", "--api-key-file", str(tmp_path / "key"), api_key=KEY)
+        servers.append(server)
+        root = tmp_path / name
+        root.mkdir()
+        port = int(server.url.rsplit(":", 1)[1])
+        (root / "service.json").write_text(json.dumps({"port": port, "host": "127.0.0.1", "api_key": True,
+                                                       "runner": "background"}))
+        entries.append(sshd.board(root, name=name))
+    yield write_inventory(tmp_path / "inv.yml", *entries), servers
+    for server in servers:
+        server.stop()
+
+
+def test_nginx_spreads_requests_over_both_boards_survives_one_stopping_and_streams_unbuffered(boards, sshd, tmp_path):
+    if not NGINX.exists():
+        pytest.skip(f"{NGINX} is absent: install nginx (apt-get install nginx) to run the gateway test")
+    inventory, (one, two) = boards
+    port, conf = free_port(), tmp_path / "gateway.conf"
+    env = {**os.environ, "EDGE_LLM_INVENTORY": str(inventory)}
+    proc = subprocess.Popen([str(FAB), "gateway", "--run", "--out", str(conf), "--port", str(port)], cwd=ROOT, env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group: the test's Ctrl-C reaches fab and nginx only
+    try:
+        wait_listening(port, proc)
+        text = conf.read_text()
+        assert KEY not in text and str(sshd.client_key) not in text  # neither the API key nor the SSH key
+        for line in ("least_conn;", "proxy_buffering off;", "proxy_read_timeout 600s;",
+                     f"server {one.url[7:]} max_fails=2 fail_timeout=10s;  # g1",
+                     f"server {two.url[7:]} max_fails=2 fail_timeout=10s;  # g2"):
+            assert any(t.strip().startswith(line) for t in text.splitlines()), line
+
+        short = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0}
+        answers = [ask(port, short) for _ in range(20)]
+        assert all(status == 200 and body["choices"][0]["message"]["content"] is not None for status, _, body in answers)
+        assert sorted({board for _, board, _ in answers}) == ["g1", "g2"]
+        assert chat_requests(one) + chat_requests(two) == 20 and min(chat_requests(one), chat_requests(two)) >= 1
+
+        two.stop()
+        answers = [ask(port, short) for _ in range(20)]
+        assert [(status, board) for status, board, _ in answers] == [(200, "g1")] * 20  # a refused board is skipped
+
+        conn = HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("POST", "/v1/chat/completions", json.dumps({**short, "max_tokens": 2000, "stream": True}),
+                     {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
+        stream = conn.getresponse()
+        events = [stream.readline() for _ in range(10)]  # "data: {...}\n" and "\n", five events
+        assert stream.status == 200 and events[0].startswith(b"data: {") and events[1] == b"\n"
+        # Five events are here while the board is still generating: nginx passed them on as they came.
+        assert one.metrics()["edge_llm_requests_running"] == 1
+        conn.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert out.startswith(f"gateway: http://127.0.0.1:{port}/ -> g1 ({one.url[7:]}), g2 ({two.url[7:]}); nginx logs in ")
+    with pytest.raises(OSError):  # nginx went with it
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
