@@ -17,6 +17,8 @@ import sys
 import threading
 from contextlib import contextmanager
 
+from tqdm import tqdm
+
 _shared: "Interrupts | None" = None  # the fleet's, while boards run in threads
 
 
@@ -33,7 +35,7 @@ class Interrupts:
             os._exit(130)
         self.pending = True
         if self.notice:
-            print(self.notice, file=sys.stderr, flush=True)
+            tqdm.write(self.notice, file=sys.stderr)  # above the boards' progress bars
 
     @contextmanager
     def deferred(self):
