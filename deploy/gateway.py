@@ -110,7 +110,7 @@ http {{
             proxy_set_header Connection "";
             proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_buffering off;  # SSE: each token event goes out as the board sends it
+            proxy_buffering off;  # SSE: each event goes out as the board sends it, none held or spooled to disk
             proxy_cache off;
             proxy_request_buffering off;
             proxy_connect_timeout 5s;

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from deploy.errors import DeployError
+from deploy.gateway import address
+from deploy.inventory import Board
 from tests.support.paths import ROOT
 from tests.support.serve import free_port, start_server
 from tests.support.sshd import FAB, write_inventory
@@ -19,6 +22,7 @@ from tests.support.sshd import FAB, write_inventory
 pytestmark = pytest.mark.ssh
 NGINX = Path("/usr/sbin/nginx")
 KEY = "gateway-test-key"
+BOARD = dict(name="pi", host="192.168.1.20", user="u", key=None, path="/opt/edge-llm", backend="onnxruntime")
 
 
 def ask(port: int, body: dict) -> tuple[int, str, dict]:
@@ -48,6 +52,18 @@ def wait_listening(port: int, proc: subprocess.Popen) -> None:
         except OSError:
             time.sleep(0.05)
     pytest.fail("nginx never listened")
+
+
+def drained(stream, quiet: float = 1.0) -> bytes:
+    """What arrives on a streamed response until it has been quiet for `quiet` seconds."""
+    stream.fp.raw._sock.settimeout(quiet)
+    data = b""
+    try:
+        while chunk := stream.read1(65536):
+            data += chunk
+    except TimeoutError:
+        pass
+    return data
 
 
 @pytest.fixture
@@ -104,10 +120,16 @@ def test_nginx_spreads_requests_over_both_boards_survives_one_stopping_and_strea
         conn.request("POST", "/v1/chat/completions", json.dumps({**short, "max_tokens": 2000, "stream": True}),
                      {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
         stream = conn.getresponse()
-        events = [stream.readline() for _ in range(10)]  # "data: {...}\n" and "\n", five events
-        assert stream.status == 200 and events[0].startswith(b"data: {") and events[1] == b"\n"
-        # Five events are here while the board is still generating: nginx passed them on as they came.
-        assert one.metrics()["edge_llm_requests_running"] == 1
+        got = b"".join(stream.readline() for _ in range(4))  # two events: the role, then the first text
+        os.kill(one.proc.pid, signal.SIGSTOP)  # freeze it mid-answer
+        try:
+            got += drained(stream)
+        finally:
+            os.kill(one.proc.pid, signal.SIGCONT)
+        # Everything the board sent before it froze is here, cut where the board cut it (between events):
+        # nginx buffering the answer would hold back a part-filled buffer, cut anywhere in an event.
+        assert stream.status == 200 and got.startswith(b"data: {") and b"[DONE]" not in got
+        assert got.endswith(b"\n\n") and got.count(b"\n\ndata: {") >= 1 and b'"content": "' in got, got[-300:]
         conn.close()
     finally:
         os.killpg(proc.pid, signal.SIGINT)
@@ -116,3 +138,26 @@ def test_nginx_spreads_requests_over_both_boards_survives_one_stopping_and_strea
     assert out.startswith(f"gateway: http://127.0.0.1:{port}/ -> g1 ({one.url[7:]}), g2 ({two.url[7:]}); nginx logs in ")
     with pytest.raises(OSError):  # nginx went with it
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+@pytest.mark.parametrize("board, listen, want", [
+    (dict(host="192.168.1.20"), "0.0.0.0", "192.168.1.20:8080"),  # every interface: the inventory's address
+    (dict(host="127.0.0.1"), "127.0.0.1", "127.0.0.1:8080"),  # loopback on a loopback board: reachable
+    (dict(connection="local", host="localhost"), "127.0.0.1", "127.0.0.1:8080"),
+    (dict(host="fe80::1"), "::", "[fe80::1]:8080"),
+    (dict(host="192.168.1.20"), "10.0.0.5", "10.0.0.5:8080"),  # bound to one address: that one
+])
+def test_the_upstream_address_is_where_this_machine_reaches_the_board_s_server(board, listen, want):
+    assert address(Board(**{**BOARD, **board}), listen, 8080) == want
+
+
+@pytest.mark.parametrize("host, listen, why", [
+    ("192.168.1.20", "127.0.0.1", "its server listens on 127.0.0.1 only, out of this machine's reach; left out; "
+                                  "reinstall it with `fab service install --host 0.0.0.0 --api-key-file KEY`"),
+    ("pi;include /etc/passwd", "0.0.0.0", "host 'pi;include /etc/passwd' is not a plain name or address; left out; "
+                                          "fix 'host' in the inventory"),
+])
+def test_a_board_nginx_cannot_reach_or_a_host_nginx_would_parse_is_left_out_with_the_fix(host, listen, why):
+    with pytest.raises(DeployError) as e:
+        address(Board(**{**BOARD, "host": host}), listen, 8080)
+    assert str(e.value) == f"pi: {why}"
