@@ -26,9 +26,14 @@ def board_status(remote: Remote) -> dict:
 
 
 def status_line(status: dict) -> str:
-    """One line: release, bundle, releases kept, free memory and disk."""
+    """One line: release, bundle, releases kept, free memory and disk, the service and the last bench."""
     mem = human_bytes(status["mem_available"]) if status.get("mem_available") is not None else "unknown"
     tail = f"{len(status['releases'])} release(s) kept; memory free {mem}; disk free {human_bytes(status['free_disk'])}"
+    service = status.get("service")
+    if service:
+        tail += f"; service {service['state']} ({service.get('runner', '?')}, port {service.get('port', '?')})"
+    if tokens_per_second(status) != "-":
+        tail += f"; last bench {tokens_per_second(status)} tok/s"
     if not status["current"]:
         return shown(f"{status['board']}: no release deployed (run `fab deploy --bundle DIR`); {tail}")
     bundle = status.get("bundle") or {}
@@ -55,7 +60,7 @@ def row(status: dict) -> list[str]:
     service = status.get("service")
     mem = status.get("mem_available")
     return [status["board"], status["current"] or "(none)", (status.get("bundle") or {}).get("model") or "-",
-            status.get("backend") or "-", f"{service['state']}:{service['port']}" if service else "none",
+            status.get("backend") or "-", f"{service['state']}:{service.get('port', '?')}" if service else "none",
             tokens_per_second(status), human_bytes(mem) if mem is not None else "?", human_bytes(status["free_disk"])]
 
 
