@@ -95,6 +95,13 @@ class _PerThread(io.TextIOBase):
     def isatty(self) -> bool:
         return self.real.isatty()
 
+    def fileno(self) -> int:  # code that asks for the terminal itself gets the real one
+        return self.real.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return self.real.encoding
+
 
 class _Threads:
     """The boards of one run in a thread pool; `stop` (a board's name) ends the rollout after a failure."""
