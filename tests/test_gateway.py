@@ -54,9 +54,9 @@ def wait_listening(port: int, proc: subprocess.Popen) -> None:
     pytest.fail("nginx never listened")
 
 
-def drained(stream, quiet: float = 1.0) -> bytes:
+def drained(conn: HTTPConnection, stream, quiet: float = 1.0) -> bytes:
     """What arrives on a streamed response until it has been quiet for `quiet` seconds."""
-    stream.fp.raw._sock.settimeout(quiet)
+    conn.sock.settimeout(quiet)
     data = b""
     try:
         while chunk := stream.read1(65536):
@@ -72,6 +72,8 @@ def boards(sshd, tmp_path, slow_bundle):
 
     Each board gets the service.json `fab service install` writes: the gateway reads only that, and
     the service's own path is tests/test_deploy_service.py's."""
+    if not NGINX.exists():
+        pytest.skip(f"{NGINX} is absent: install nginx (apt-get install nginx) to run the gateway test")
     (tmp_path / "key").write_text(KEY + "\n")
     servers, entries = [], []
     for name in ("g1", "g2"):
@@ -89,8 +91,6 @@ def boards(sshd, tmp_path, slow_bundle):
 
 
 def test_nginx_spreads_requests_over_both_boards_survives_one_stopping_and_streams_unbuffered(boards, sshd, tmp_path):
-    if not NGINX.exists():
-        pytest.skip(f"{NGINX} is absent: install nginx (apt-get install nginx) to run the gateway test")
     inventory, (one, two) = boards
     port, conf = free_port(), tmp_path / "gateway.conf"
     env = {**os.environ, "EDGE_LLM_INVENTORY": str(inventory)}
@@ -123,7 +123,7 @@ def test_nginx_spreads_requests_over_both_boards_survives_one_stopping_and_strea
         got = b"".join(stream.readline() for _ in range(4))  # two events: the role, then the first text
         os.kill(one.proc.pid, signal.SIGSTOP)  # freeze it mid-answer
         try:
-            got += drained(stream)
+            got += drained(conn, stream)
         finally:
             os.kill(one.proc.pid, signal.SIGCONT)
         # Everything the board sent before it froze is here, cut where the board cut it (between events):
