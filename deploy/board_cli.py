@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 from deploy.errors import DeployError
 from deploy.remote import Remote
@@ -35,14 +36,19 @@ def generate(remote: Remote, prompt: str, max_new_tokens: int, greedy: bool = Fa
     return _checked(remote, args + (["--greedy"] if greedy else []), "generate", stream)
 
 
-def bench(remote: Remote, prompt_tokens: int, new_tokens: int) -> dict:
-    """The board's benchmark JSON, with the board's name added."""
+def bench(remote: Remote, prompt_tokens: int, new_tokens: int, record: bool = False) -> dict:
+    """The board's benchmark JSON, with the board's name added; with record, kept in <path>/bench.json with the
+    release it ran on, for `fab status`."""
     out = _checked(remote, ["bench", "--prompt-tokens", str(prompt_tokens), "--new-tokens", str(new_tokens), "--json"], "bench")
     try:
         result = json.loads(out.strip().splitlines()[-1])
     except (ValueError, IndexError):
         raise DeployError(remote.board.name, f"bench printed no JSON (got {out.strip()[-200:]!r})",
                           "update board/ and redeploy") from None
+    if record:
+        on = remote.onboard("index", root=remote.root)["current"]
+        remote.onboard("write_text", path=remote.path("bench.json"),
+                       text=json.dumps({**result, "release": on, "at": time.time()}) + "\n")
     return {"board": remote.board.name, **result}
 
 

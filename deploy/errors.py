@@ -29,3 +29,7 @@ class Interrupted(DeployError):
 
 class InventoryError(Exception):
     """inventory.yml is missing, malformed, or a board's field is wrong."""
+
+
+class NotStarted(DeployError):
+    """A board of a fleet that was never touched: Ctrl-C came first, or an earlier board's failure stopped the rollout."""

@@ -15,6 +15,7 @@ from board.ortneeds import onnxruntime_shortfall
 from deploy import board_cli
 from deploy.boardenv import runtime_modules
 from deploy.errors import BoardRefused, DeployError, Interrupted
+from deploy import interrupts as ctrl_c
 from deploy.interrupts import Interrupts
 from deploy.payload import Payload
 from deploy.progress import Progress
@@ -217,7 +218,7 @@ class _Deploy:
 
 def deploy(remote: Remote, payload: Payload, progress: Progress, reuse: bool = True) -> DeployReport:
     """Upload to a temporary release dir, verify every sha256 and the board's own check, then switch `current`."""
-    interrupts = Interrupts()
+    interrupts = ctrl_c.for_board()
     with interrupts.deferred(), remote.deploy_lock(f"deploy {payload.release_id}"):
         return _Deploy(remote, payload, progress, interrupts).run(reuse)
 

@@ -224,16 +224,20 @@ def health(remote: Remote, opts: ServiceOptions, timeout: float) -> tuple[bool, 
     return r.exited == 0, (r.stdout.strip().splitlines() or ["no answer"])[-1]
 
 
+def state(remote: Remote, opts: ServiceOptions) -> str:
+    """active | inactive | what systemd says, for the installed service."""
+    if opts.runner == "systemd":
+        return _sh(remote, f"systemctl is-active {UNIT}").stdout.strip() or "unknown"
+    pid = q(_pid_file(remote))
+    alive = _sh(remote, f'[ -f {pid} ] && kill -0 "$(cat {pid})" 2>/dev/null').exited == 0
+    return "active" if alive else "inactive"
+
+
 def status(remote: Remote) -> str:
     opts = _need_options(remote)
-    if opts.runner == "systemd":
-        state = _sh(remote, f"systemctl is-active {UNIT}").stdout.strip() or "unknown"
-    else:
-        pid = q(_pid_file(remote))
-        alive = _sh(remote, f'[ -f {pid} ] && kill -0 "$(cat {pid})" 2>/dev/null').exited == 0
-        state = "active" if alive else "inactive"
-    ok, answer = health(remote, opts, 2) if state == "active" else (False, "not running")
-    return f"{remote.board.name}: service {state} ({opts.runner}, port {opts.port}); health: {answer}"
+    now = state(remote, opts)
+    ok, answer = health(remote, opts, 2) if now == "active" else (False, "not running")
+    return f"{remote.board.name}: service {now} ({opts.runner}, port {opts.port}); health: {answer}"
 
 
 def logs(remote: Remote, lines: int = 50) -> str:

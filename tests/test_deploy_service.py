@@ -62,6 +62,7 @@ def test_service_starts_reports_logs_and_stops_with_the_fallback_runner(board, t
     assert r.returncode == 0 and "service start done (background)" in r.stdout, r.stderr
     r = fab(inventory, "service", "status")
     assert r.returncode == 0 and f"service active (background, port {port}); health: 200" in r.stdout, r.stdout
+    assert fab(inventory, "status").stdout.rstrip().endswith(f"; service active (background, port {port})")
     assert http(f"http://127.0.0.1:{port}/v1/models")[0] == 401
     status, body = http(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": "Bearer board-key"})
     assert status == 200 and body["data"][0]["id"] == "tiny-random-llama"

@@ -160,6 +160,8 @@ def op_status(args):
         "free_disk": free_disk(root),
         "mem_available": mem_available(),
         "bundle": None,
+        "service": _json_file(os.path.join(root, "service.json")),  # how `fab service install` set it up
+        "bench": _json_file(os.path.join(root, "bench.json")),  # the last `fab bench` on this board
     }
     if current:
         for r in records(root):
@@ -167,6 +169,16 @@ def op_status(args):
                 out["bundle"] = r.get("bundle")
                 out["deployed_at"] = r.get("deployed_at")
     return out
+
+
+def _json_file(path):
+    """A JSON object the deployer wrote on the board, or None when absent or damaged."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 
