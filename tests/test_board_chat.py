@@ -59,7 +59,7 @@ def test_ctrl_c_stops_the_answer_and_the_session_goes_on(session):
 def test_an_answer_cut_at_the_token_budget_ends_with_length(session):
     out = io.StringIO()
     assert run_repl(session, scripted(["Once upon a time", "/exit"]), out) == 0
-    (user, answer), = session.turns
+    user, answer = (m["content"] for m in session.messages)
     # the random model runs to the 30-token budget (no EOS drawn with this seed): the mark follows the answer
     assert answer and out.getvalue() == f"{HELP}\n{answer} [length]\n"
 

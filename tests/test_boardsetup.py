@@ -117,6 +117,7 @@ def pyenv_python(version: str) -> Path:
     return Path(r.stdout.strip()) / "bin" / "python3"
 
 
+@pytest.mark.slow  # 45 s of pip; CI's scripts/test-board-python.sh installs and runs the same 3.10 set
 def test_setup_on_an_ubuntu_22_04_python_installs_the_numpy_1_set_and_the_board_runs(sshd, tmp_path, tiny_bundle):
     """Python 3.10, as Ubuntu 22.04 on the Orange Pi has it: the set with numpy 1.24 and onnxruntime 1.23.2."""
     board = tmp_path / "board"

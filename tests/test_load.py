@@ -253,6 +253,7 @@ def test_smollm2_fetched_checkpoint_loads_as_a_tied_30_layer_llama(smollm2):
     assert smollm2.gguf.stat().st_size == 98362432
 
 
+@pytest.mark.slow  # 50 s: transformers dequantizes the whole GGUF twice over; `make test-slow` runs it
 def test_smollm2_gguf_loads_as_its_hf_directory_with_tokenizer_and_chat_template(smollm2):
     """--model FILE.gguf: the same dequantized weights, tokenizer ids, chat template and stop ids as the
     Hugging Face directory fetch-smollm2.sh converted from that very file."""
