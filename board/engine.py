@@ -84,8 +84,7 @@ class Engine:
                 f"{len(ids)} tokens exceed the {self.positions_left} positions left of "
                 f"the model's {self.max_positions}; shorten the input or reset"
             )
-        # a "last"-logits graph must go one token at a time when every position's logits are wanted
-        sizes = [1] if all_logits and self.graph.logits == "last" else self.graph.prefill_chunks
+        sizes = self.graph.prefill_chunks
         rows, start = [], 0
         for size in plan_chunks(len(ids), sizes, self.cache.capacity_per_step()):
             logits = self._step(ids[start : start + size], last_only=not all_logits)

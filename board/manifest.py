@@ -56,7 +56,7 @@ class Graph:
     prefill_chunks: list  # chunk lengths S the compiled graph accepts; always includes 1
     inputs: list  # [TensorSpec]
     outputs: list  # [TensorSpec]
-    logits: str = "all"  # "all": [1, S, V]; "last": [1, 1, V]; "index": [1, N, V], the rows input logits_index names
+    logits: str = "all"  # "all": [1, S, V]; "index": [1, N, V], the rows input logits_index names
     onnx: str = "model.onnx"
     om: str | None = None  # set when ATC compiled the graph
     om_soc: str | None = None  # the chip the .om was compiled for (Ascend310B1 = 20T, Ascend310B4 = 8T)
@@ -70,7 +70,7 @@ class Graph:
 
 
 CACHE_LAYOUTS = ("slots", "inplace")
-LOGITS_ROWS = ("all", "last", "index")
+LOGITS_ROWS = ("all", "index")
 QuantScheme = Literal["none", "w8a8"]
 Dialect = Literal["nbits8", "u8u8", "s8s8"]  # W8A8 integer layout: nbits8/u8u8 for onnxruntime CPU, s8s8 for the Ascend plugin
 ActScheme = Literal["dynamic", "static"]  # activation scales per token at run time, or per tensor from calibration

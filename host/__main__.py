@@ -97,19 +97,7 @@ def _run_build(args) -> int:
         eval_tokens=args.eval_tokens, chat_template=args.chat_template, name=args.name, onnxruntime=args.onnxruntime,
     )
     result = build(config)
-    verification = result.report["verification"]
-    summary = {
-        "bundle": str(result.path),
-        "quant": result.manifest.quantization.scheme,
-        "dialect": result.manifest.quantization.dialect,
-        "files": {name: entry.size for name, entry in result.manifest.files.items()},
-        "parity": verification["parity"]["check"],
-        "perplexity": verification["perplexity"],
-        "quality": result.report["quality"].get("sensitivity", {}).get("worst"),
-        "greedy_common_prefix": verification["greedy"]["common_prefix"],
-        "seconds": result.report["timings_s"],
-    }
-    print(json.dumps(summary))
+    print(json.dumps(result.report.summary(result.path, result.manifest)))
     return 0
 
 

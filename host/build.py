@@ -1,8 +1,11 @@
-"""The build pipeline: load → calibrate → quantize → export → verify → bundle.
+"""The build pipeline: load, then 1. calibrate → 2. quantize → 3. export → 4. verify → 5. write.
 
 `build(config)` reads the model, tokenizer and text named by a `BuildConfig`; the work on an
-already loaded model is `build_from_model`, which tests call with tiny generated models.
-Progress goes to stderr, one short line per stage.
+already loaded model is `build_from_model`, which tests call with tiny generated models. Each
+step returns what it made and measured; the measurements end up in one `Report` (report.json).
+Progress goes to stderr, one short line per stage. Three models: `fp32` (the reference, never
+changed), `twin` (the PyTorch twin of the graph) and what is exported (the twin, or the twin
+wrapped in onnxruntime's fused-attention graph).
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ from host.quality import quality_section, summary_line
 from host.recipe import ALPHAS, SEARCH_ROWS, row_names, search_alphas
 from host.verify import verify_graph
 
-__all__ = ["BuildConfig", "BuildResult", "build", "build_from_model"]  # BuildConfig re-exported for callers
+__all__ = ["BuildConfig", "BuildResult", "Report", "build", "build_from_model"]  # BuildConfig re-exported for callers
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 # Far above the perplexity of a uniform guess over the vocabulary (random test weights reach ~8x) means the model and tokenizer
@@ -43,10 +46,40 @@ ABSURD_PERPLEXITY_FACTOR = 100.0
 
 
 @dataclass
+class Report:
+    """What the build measured, stage by stage: report.json, and the summaries printed after a build."""
+
+    model: dict
+    config: dict
+    calibration: dict
+    quantization: dict
+    verification: dict
+    quality: dict
+    export: dict
+    sizes: dict
+    timings_s: dict
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    def quality_line(self) -> str:
+        """The one line a person reads after a build."""
+        return summary_line(self.quality)
+
+    def summary(self, path: Path, manifest: Manifest) -> dict:
+        """The JSON line `python -m host build` prints for programs."""
+        v = self.verification
+        return {"bundle": str(path), "quant": manifest.quantization.scheme, "dialect": manifest.quantization.dialect,
+                "files": {name: entry.size for name, entry in manifest.files.items()}, "parity": v["parity"]["check"],
+                "perplexity": v["perplexity"], "quality": self.quality.get("sensitivity", {}).get("worst"),
+                "greedy_common_prefix": v["greedy"]["common_prefix"], "seconds": self.timings_s}
+
+
+@dataclass
 class BuildResult:
     path: Path
     manifest: Manifest
-    report: dict
+    report: Report
 
 
 @contextmanager
@@ -134,8 +167,52 @@ def build(config: BuildConfig) -> BuildResult:
         tok = loaded.tokenizer if loaded.tokenizer and not config.tokenizer else load_tokenizer(config.tokenizer, loaded.model_dir, vocab)
         check_vocab(tok, vocab, config.model)
     info = {"name": config.name or loaded.name, "source": str(config.model), "tokenizer": tok.source}
-    hf_model = loaded.model
-    return build_from_model(hf_model, tok, text, config, info, timings)
+    return build_from_model(loaded.model, tok, text, config, info, timings)
+
+
+@dataclass
+class Calibrated:
+    """Step 1's result: per-channel input abs-max of every linear, and sampled rows for the alpha search."""
+
+    absmax: dict
+    rows: dict
+    record: dict  # report.json's "calibration"
+
+
+def calibrate(fp32: EdgeLlama, split, config: BuildConfig, timings: dict) -> Calibrated:
+    """1. Run the calibration text through the fp32 model with forward hooks on every linear."""
+    w8a8 = config.quant == "w8a8"
+    with stage("calibrate", timings, f"{len(split.calib)} samples of {config.calib_seq_len} tokens"):
+        found = collect_inputs(fp32, split.calib, SEARCH_ROWS if w8a8 else 0, row_names(fp32))
+    record = {"samples": len(split.calib), "seq_len": config.calib_seq_len,
+              "tokens": sum(int(x.shape[-1]) for x in split.calib),
+              "heldout_tokens": sum(int(x.shape[-1]) for x in split.heldout),
+              "linears": summarize(found.absmax)}  # per linear: max/mean/median of its per-channel input abs-max
+    return Calibrated(found.absmax, found.rows, record)
+
+
+def quantize(hf_model, fp32: EdgeLlama, calibrated: Calibrated, config: BuildConfig, timings: dict):
+    """2. The PyTorch twin of the graph: W8A8 (alphas searched, every linear swapped) or float; and the recipe."""
+    kv_dtype, compute = DTYPES[config.dtype], DTYPES[config.compute]
+    if config.quant != "w8a8":
+        return EdgeLlama.from_hf(hf_model, kv_dtype).use_compute_dtype(compute), None  # shares fp32's weights
+    candidates = {"auto": ALPHAS, "off": (None,)}.get(config.smooth, (config.smooth,))
+    with stage("search", timings, f"SmoothQuant alpha per layer and group from {len(candidates)} candidate(s)"):
+        alphas, recipe = search_alphas(fp32, calibrated.absmax, calibrated.rows, candidates, config.dialect)
+    calibrated.rows.clear()  # the sampled rows are the search's alone, and large
+    with stage("quantize", timings):
+        twin = quantize_model(hf_model, calibrated.absmax, config.act_scheme, config.dialect, alphas, kv_dtype, compute)
+    return twin, recipe
+
+
+def graph_for_target(twin: EdgeLlama, config: BuildConfig):
+    """3a. What is exported: the twin itself, or (onnxruntime) the twin with contrib rotary in a fused-attention graph."""
+    if config.target != "ort":  # contrib operators are onnxruntime's; ATC parses plain ONNX only
+        return twin
+    twin.use_contrib_rope()
+    old_ort = config.onnxruntime and not all(runs(config.onnxruntime, form) for form in INPLACE_CACHE_OPS)
+    fits = gqa_fits(twin.arch.head_dim, DTYPES[config.dtype], DTYPES[config.compute])
+    return InplaceCacheGraph(twin) if fits and not old_ort else twin
 
 
 @torch.no_grad()
@@ -144,78 +221,44 @@ def build_from_model(hf_model, tok, text: str, config: BuildConfig, info: dict, 
     check_sizes(config, hf_model.config)
     timings = {} if timings is None else timings
     hf_model = hf_model.float().eval()
-    kv_dtype = DTYPES[config.dtype]
-    reference = EdgeLlama.from_hf(hf_model, kv_dtype)
+    fp32 = EdgeLlama.from_hf(hf_model, DTYPES[config.dtype])  # the reference every step is measured against
     ids = tok.tokenizer.encode(text, add_special_tokens=False).ids
     split = split_text(ids, tok.bos_id, config.calib_seq_len, config.calib_samples, config.eval_tokens, config.kv_len)
-    w8a8 = config.quant == "w8a8"
 
-    with stage("calibrate", timings, f"{len(split.calib)} samples of {config.calib_seq_len} tokens"):
-        calibration = collect_inputs(reference, split.calib, SEARCH_ROWS if w8a8 else 0, row_names(reference))
-    absmax, recipe = calibration.absmax, None
-    compute = DTYPES[config.compute]
-    graph_model = reference if compute == torch.float32 else EdgeLlama.from_hf(hf_model, kv_dtype).use_compute_dtype(compute)
-    if w8a8:
-        candidates = {"auto": ALPHAS, "off": (None,)}.get(config.smooth, (config.smooth,))
-        with stage("search", timings, f"SmoothQuant alpha per layer and group from {len(candidates)} candidate(s)"):
-            alphas, recipe = search_alphas(reference, absmax, calibration.rows, candidates, config.dialect)
-        del calibration
-        with stage("quantize", timings):
-            graph_model = quantize_model(hf_model, absmax, config.act_scheme, config.dialect, alphas,
-                                         kv_dtype, compute)
-    quant = quantization_record(config, graph_model)
-    exported_model = graph_model  # what the bundle's graph computes; graph_model stays its PyTorch twin
-    if config.target == "ort":  # contrib operators are onnxruntime's; ATC parses plain ONNX only
-        graph_model.use_contrib_rope()
-        old_ort = config.onnxruntime and not all(runs(config.onnxruntime, form) for form in INPLACE_CACHE_OPS)
-        if gqa_fits(graph_model.arch.head_dim, kv_dtype, compute) and not old_ort:
-            exported_model = InplaceCacheGraph(graph_model)
-
+    calibrated = calibrate(fp32, split, config, timings)
+    twin, recipe = quantize(hf_model, fp32, calibrated, config, timings)
+    quant = quantization_record(config, twin)
     template = chat_template(tok, config.chat_template)
-    with staging(config.out) as stage_dir:
+    with staging(config.out) as out:
+        # 3. export
         with stage("export", timings):
-            exported = export_onnx(exported_model, stage_dir, config.kv_len, opset=config.opset)
-        tok.tokenizer.save(str(stage_dir / TOKENIZER_NAME))
+            graph_model = graph_for_target(twin, config)
+            exported = export_onnx(graph_model, out, config.kv_len, opset=config.opset)
         graph = with_onnxruntime_needs(
-            graph_record(exported_model, config.kv_len, config.prefill_chunks, exported, str(compute).split(".")[-1]),
-            stage_dir / exported.files[0], config.onnxruntime)
+            graph_record(graph_model, config.kv_len, config.prefill_chunks, exported, config_dtype(config.compute)),
+            out / exported.files[0], config.onnxruntime)
+        tok.tokenizer.save(str(out / TOKENIZER_NAME))
+        # 4. verify, through the board's own engine
         with stage("verify", timings, f"onnxruntime vs PyTorch; perplexity on {len(split.heldout)} held-out windows"):
-            verification = verify_graph(stage_dir, graph, graph_model, reference, split.heldout, config.quant)
-        check_perplexity(verification["perplexity"], reference.arch.vocab_size)
-        report = {
-            "model": info,
-            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
-            "calibration": {
-                "samples": len(split.calib),
-                "seq_len": config.calib_seq_len,
-                "tokens": sum(int(x.shape[-1]) for x in split.calib),
-                "heldout_tokens": sum(int(x.shape[-1]) for x in split.heldout),
-                "linears": summarize(absmax),  # per linear: max/mean/median of its per-channel input abs-max
-            },
-            "quantization": asdict(quant),
-            "verification": verification,
-            "quality": quality_section(verification, recipe, config.kv_len),
-            "export": {"files": exported.files, "opset": exported.opset, "initializer_bytes": exported.initializer_bytes, "ops": exported.ops},
-            "sizes": {name: (stage_dir / name).stat().st_size for name in exported.files + [TOKENIZER_NAME]},
-            "timings_s": timings,
-        }
-        (stage_dir / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
-        print(summary_line(report["quality"]), file=sys.stderr, flush=True)
-        manifest = write_bundle_manifest(
-            stage_dir,
-            model=info,
-            arch=reference.arch,
-            graph=graph,
-            quantization=quant,
-            tokens=Tokens(
-                bos_id=tok.bos_id,
-                eos_id=tok.eos_id,
-                pad_id=tok.pad_id,
-                add_bos=tok.add_bos,
-                stop_strings=list(STOP_STRINGS[template.name]),
-                stop_ids=list(tok.chat.stop_ids),
-            ),
-            chat_template=template,
-            sampling=tok.chat.sampling,
-        )
+            verification = verify_graph(out, graph, twin, fp32, split.heldout, config.quant)
+        check_perplexity(verification["perplexity"], fp32.arch.vocab_size)
+        # 5. write
+        report = Report(
+            model=info, config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+            calibration=calibrated.record, quantization=asdict(quant), verification=verification,
+            quality=quality_section(verification, recipe, config.kv_len),
+            export={"files": exported.files, "opset": exported.opset, "initializer_bytes": exported.initializer_bytes,
+                    "ops": exported.ops},
+            sizes={name: (out / name).stat().st_size for name in exported.files + [TOKENIZER_NAME]}, timings_s=timings)
+        (out / REPORT_NAME).write_text(report.to_json())
+        print(report.quality_line(), file=sys.stderr, flush=True)
+        tokens = Tokens(bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id, add_bos=tok.add_bos,
+                        stop_strings=list(STOP_STRINGS[template.name]), stop_ids=list(tok.chat.stop_ids))
+        manifest = write_bundle_manifest(out, model=info, arch=fp32.arch, graph=graph, quantization=quant, tokens=tokens,
+                                         chat_template=template, sampling=tok.chat.sampling)
     return BuildResult(path=Path(config.out), manifest=manifest, report=report)
+
+
+def config_dtype(name: str) -> str:
+    """The manifest's dtype name of a --compute / --dtype option: fp16 -> float16."""
+    return str(DTYPES[name]).split(".")[-1]

@@ -242,15 +242,6 @@ def load_tokenizer(spec: str | None, model_dir: Path | None = None, vocab_size: 
     raise InputError(f"{path}: unknown tokenizer format; pass a tokenizer.json, tokenizer.model or llama2.c tok<vocab>.bin")
 
 
-def save_tokenizer(bundle: TokenizerBundle, path: Path) -> Path:
-    """Write the bundle's tokenizer.json (file path, or a directory to put it in)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "tokenizer.json"
-    bundle.tokenizer.save(str(path))
-    return path
-
-
 def check_vocab(bundle: TokenizerBundle, model_vocab_size: int, model_path) -> None:
     """InputError unless every token id the tokenizer can produce has a row in the model."""
     # the largest id, not the count: an added token may sit far past the others

@@ -84,7 +84,7 @@ class OrtBackend(Backend):
         key = (s, last_only and index)
         bound = self._bound.get(key)
         if bound is None or bound.past_ptr != past.ctypes.data:
-            rows = 1 if self.graph.logits == "last" or (index and last_only) else s
+            rows = 1 if index and last_only else s
             inputs = [np.zeros((1, s), np.int64), np.zeros((1, self.graph.kv_len + s), np.int64), np.zeros((1, s), np.int64)]
             if index:  # constant per binding: which chunk rows get logits
                 inputs.append(np.arange(s - rows, s, dtype=np.int64))
