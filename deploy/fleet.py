@@ -53,17 +53,22 @@ def one_board(name: str | None, task: str) -> Board:
     return chosen[0]
 
 
+def count(value, option: str, task: str) -> int:
+    """A whole-number option; anything else ends the task with one line and status 2."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1:
+        raise Exit(f"{task}: --{option} must be a whole number >= 1, not {value!r}", code=2)
+    return number
+
+
 def workers(parallel, chosen: list[Board], task: str) -> int:
     """Boards at once: --parallel N (a whole number >= 1), default min(8, boards)."""
     if parallel is None:
         return max(1, min(DEFAULT_PARALLEL, len(chosen)))
-    try:
-        number = int(parallel)
-    except (TypeError, ValueError):
-        number = 0
-    if number < 1:
-        raise Exit(f"{task}: --parallel must be a whole number >= 1, not {parallel!r}", code=2)
-    return number
+    return count(parallel, "parallel", task)
 
 
 def attempt(board: Board, action: Callable[[Remote], object], task: str):

@@ -41,17 +41,6 @@ def _bundle(path, what, verify=True):
         raise Exit(shown(f"{what}: {e}"), code=2) from None
 
 
-def _count(value, option: str, task: str) -> int:
-    """A whole-number option; anything else ends the task with one line and status 2."""
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = 0
-    if number < 1:
-        raise Exit(f"{task}: --{option} must be a whole number >= 1, not {value!r}", code=2)
-    return number
-
-
 PARALLEL = "boards at once (default: min(8, boards); 1: one after another)"
 
 
@@ -64,7 +53,7 @@ def deploy(c, bundle=None, board=None, no_reuse=False, parallel=None, canary=Non
         raise Exit("deploy: give the bundle with --bundle DIR (options: fab --help deploy)", code=2)
     chosen = fleet.boards(board)
     workers = fleet.workers(parallel, chosen, "deploy")
-    first = _count(canary, "canary", "deploy") if canary is not None else 0
+    first = fleet.count(canary, "canary", "deploy") if canary is not None else 0
     payload = _bundle(bundle, "refusing to deploy")
 
     def one(remote):
@@ -109,13 +98,13 @@ def status(c, board=None, json_=False, parallel=None):
 @task(help={"prompt": "the prompt (a question to a chat model)", "max_new_tokens": "tokens to generate",
             "greedy": "greedy decoding", "raw": "continue the prompt's text, without the chat template",
             "board": "only this board"})
-def generate(c, prompt=None, max_new_tokens="64", greedy=False, raw=False, board=None):  # str: checked by _count
+def generate(c, prompt=None, max_new_tokens="64", greedy=False, raw=False, board=None):  # str: checked by fleet.count
     """Answer a prompt on the board's current release (chat template when the bundle has one) and print it."""
     # prompt and bundle (deploy) default to None: Invoke makes a parameter without a default positional,
     # and a positional takes any word as its value, `--help` too (`fab generate --help` generated from it)
     if prompt is None:
         raise Exit("generate: give the prompt with --prompt TEXT (options: fab --help generate)", code=2)
-    count = _count(max_new_tokens, "max-new-tokens", "generate")
+    count = fleet.count(max_new_tokens, "max-new-tokens", "generate")
     chosen = fleet.boards(board)
 
     def one(remote):
@@ -130,7 +119,7 @@ def generate(c, prompt=None, max_new_tokens="64", greedy=False, raw=False, board
 @task(help={"prompt_tokens": "prompt length", "new_tokens": "tokens to generate", "board": "only this board"})
 def bench(c, prompt_tokens="64", new_tokens="64", board=None):
     """Run the board's benchmark; one JSON line per board."""
-    prompt, new = _count(prompt_tokens, "prompt-tokens", "bench"), _count(new_tokens, "new-tokens", "bench")
+    prompt, new = fleet.count(prompt_tokens, "prompt-tokens", "bench"), fleet.count(new_tokens, "new-tokens", "bench")
     fleet.on_each(fleet.boards(board), lambda remote: print(json.dumps(board_cli.bench(remote, prompt, new, record=True))),
                   "bench")
 

@@ -1,6 +1,7 @@
 """Shared fixtures: bundles built once per session, a real sshd, the stand-in ATC environment."""
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -66,6 +67,17 @@ def sshd(tmp_path_factory):
 
 
 # --- the stand-in ATC (tests/fake_bin/atc, a TEST DOUBLE) ------------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs as the board's install path (needs mount permission; skipped otherwise)."""
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root); the full-disk tests need a small filesystem")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
 @pytest.fixture
 def fake_atc_env(tmp_path, monkeypatch):
     """PATH with the stand-in atc first (and this venv's python3 for its onnx), plugin installed, CANN 8.0.RC1."""

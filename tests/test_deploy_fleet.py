@@ -19,17 +19,6 @@ from tests.test_deploy_guarantees import current, slow_python, wait_for
 pytestmark = pytest.mark.ssh
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MiB tmpfs for one board's install path (needs mount permission; skipped otherwise)."""
-    mnt = tmp_path / "small-disk"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root); the full-disk fleet test needs a small filesystem")
-    yield mnt
-    subprocess.run(["umount", str(mnt)], check=True)
-
-
 def test_four_boards_deploy_in_parallel_and_the_full_one_says_why_with_current_unchanged(sshd, tmp_path, small_disk):
     paths = {"full": small_disk / "board", **{f"b{i}": tmp_path / f"b{i}" for i in (1, 2, 3)}}
     inventory = write_inventory(tmp_path / "inv.yml", *(sshd.board(p, name=n) for n, p in paths.items()))

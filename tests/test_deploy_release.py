@@ -246,17 +246,6 @@ def test_connection_dropped_mid_upload_leaves_current_and_the_next_deploy_recove
     assert not list((board_dir / "releases").glob(".incoming-*"))
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MiB tmpfs as the board's install path (needs mount permission; skipped otherwise)."""
-    mnt = tmp_path / "small-disk"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root); the full-disk tests need a small filesystem")
-    yield mnt
-    subprocess.run(["umount", str(mnt)], check=True)
-
-
 def test_bundle_larger_than_the_free_disk_is_refused_before_upload(sshd, tmp_path, small_disk):
     inventory = write_inventory(tmp_path / "inv.yml", sshd.board(small_disk / "board"))
     r = fab(inventory, "deploy", "--bundle", str(synthetic_bundle(tmp_path / "b", weights=b"\0" * (5 << 20))))
