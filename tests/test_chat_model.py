@@ -24,6 +24,8 @@ CONVERSATIONS = [
 ]
 
 
+# The tests on the W8A8 SmolLM2 build (~50 s) are slow: `make test-slow` runs them; CI's arm64 job also builds
+# SmolLM2 and checks its chat answer token for token.
 @pytest.fixture(scope="session")
 def smollm2_bundle(smollm2, tmp_path_factory) -> Path:
     """SmolLM2-135M-Instruct W8A8 (u8u8), built from its Hugging Face directory with a short calibration."""
@@ -56,6 +58,7 @@ def transformers_render(hf_dir: Path, jinja: str | None, cases: list) -> list[st
 CASES = [[m, g] for m in CONVERSATIONS for g in (True, False)]
 
 
+@pytest.mark.slow
 def test_bundle_records_the_models_template_and_renders_it_as_transformers_does(smollm2, smollm2_bundle):
     template = load_manifest(smollm2_bundle).chat_template
     assert (template.name, template.source) == ("chatml", "chat_template.jinja")
@@ -73,6 +76,7 @@ def test_qwen25_template_renders_as_transformers_does(smollm2):
                        f"<|im_start|>user\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n")
 
 
+@pytest.mark.slow
 def test_w8a8_smollm2_answers_the_capital_of_france_greedily(smollm2_bundle):
     run = subprocess.run([sys.executable, "-m", "board", "generate", "--bundle", str(smollm2_bundle), "--chat", "--greedy",
                           "--prompt", QUESTION, "--json"], capture_output=True, text=True, cwd=ROOT)
@@ -81,6 +85,7 @@ def test_w8a8_smollm2_answers_the_capital_of_france_greedily(smollm2_bundle):
     assert "Paris" in result["text"] and result["finish_reason"] == "eos", result
 
 
+@pytest.mark.slow
 def test_chat_session_feeds_only_the_new_turn_and_keeps_the_conversation(smollm2_bundle):
     import numpy as np
 
