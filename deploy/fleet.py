@@ -120,7 +120,7 @@ class _Threads:
         if ctrl_c.stopping():
             return NotStarted(board.name, "not started (Ctrl-C); nothing changed on it")
         if self.stop:
-            return NotStarted(board.name, f"not started: the rollout stopped after {self.stop} failed; nothing changed on it")
+            return _stopped(board, self.stop)
         self.out.local.buffer = io.StringIO()
         try:
             value = attempt(board, self.action, self.task)
@@ -144,8 +144,7 @@ def run(chosen: list[Board], action: Callable[[Remote], object], task: str, para
         for board in chosen:
             failed = _failed(results)
             if stop_on_failure and failed:
-                results[board] = NotStarted(board.name, f"not started: the rollout stopped after {failed[0]} failed; "
-                                                        f"nothing changed on it")
+                results[board] = _stopped(board, failed[0])
                 continue
             value = attempt(board, action, task)
             if isinstance(value, Interrupted):
@@ -162,6 +161,11 @@ def run(chosen: list[Board], action: Callable[[Remote], object], task: str, para
     finally:
         sys.stdout = real
     return GroupResult(results)
+
+
+def _stopped(board: Board, failed: str) -> NotStarted:
+    """The value of a board a rollout never started because `failed` failed before it."""
+    return NotStarted(board.name, f"not started: the rollout stopped after {failed} failed; nothing changed on it")
 
 
 def _failed(results: dict) -> list[str]:

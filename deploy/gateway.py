@@ -39,6 +39,11 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def _hostport(host: str, port: int) -> str:
+    """host:port as nginx reads it (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def address(board: Board, host: str, port: int) -> str:
     """host:port nginx reaches the board's server at; DeployError when it listens where this machine cannot reach."""
     here = "127.0.0.1" if board.local else board.host
@@ -49,7 +54,7 @@ def address(board: Board, host: str, port: int) -> str:
                           "reinstall it with `fab service install --host 0.0.0.0 --api-key-file KEY`")
     if not _HOST.match(host):
         raise DeployError(board.name, f"host {host!r} is not a plain name or address; left out", "fix 'host' in the inventory")
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return _hostport(host, port)
 
 
 def upstream(remote: Remote) -> dict:
@@ -77,7 +82,7 @@ def config(boards: list[dict], host: str, port: int) -> str:
                         for b in boards)
     # $upstream_addr lists every board tried ("a, b" after a retry): the last one answered
     names = "\n".join(f"        \"~(^|, ){re.escape(b['address'])}$\" {b['board']};" for b in boards)
-    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    listen = _hostport(host, port)
     return f"""# Written by `fab gateway` (deploy/gateway.py) for {len(boards)} board(s); no API key in here:
 # clients send theirs (Authorization: Bearer ...) and nginx passes it to the boards.
 worker_processes 1;
